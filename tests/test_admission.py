@@ -1,0 +1,53 @@
+"""AdmissionReview envelope: both versions, uid echo, patch encoding, bad bodies."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support import annotated_sa, config, pod
+from webhook.admission import BadReview, parse_review, review_response
+from webhook.mutation import Denial, MutationResult, mutate_pod
+
+
+def review(version: str = "admission.k8s.io/v1", **request: Any) -> bytes:
+    body = {"uid": "u-1", "namespace": "ns", "operation": "CREATE", "object": pod(), **request}
+    return orjson.dumps({"apiVersion": version, "kind": "AdmissionReview", "request": body})
+
+
+@pytest.mark.parametrize("version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+def test_round_trip_in_request_version(version: str) -> None:
+    request = parse_review(review(version, dryRun=True))
+    assert request.dry_run and request.uid == "u-1" and request.namespace == "ns"
+    result = mutate_pod(request.pod, request.namespace, annotated_sa(), config())
+    answer = orjson.loads(review_response(request, result))
+    assert answer["apiVersion"] == version and answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == "u-1" and response["allowed"] is True and response["patchType"] == "JSONPatch"
+    assert orjson.loads(base64.b64decode(response["patch"])) == result.patch
+
+
+def test_denial_and_empty_patch() -> None:
+    request = parse_review(review())
+    denied = orjson.loads(review_response(request, MutationResult(denial=Denial("nope", "R"))))["response"]
+    assert denied == {"uid": "u-1", "allowed": False, "status": {"code": 400, "message": "nope", "reason": "R"}}
+    empty = orjson.loads(review_response(request, MutationResult(), warnings=["w"]))["response"]
+    assert empty == {"uid": "u-1", "allowed": True, "warnings": ["w"]}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"{", "not valid JSON"),
+    (b"[]", "must be a JSON object"),
+    (b'{"apiVersion":"v1","kind":"AdmissionReview"}', "apiVersion must be one of"),
+    (b'{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}', "kind must be AdmissionReview"),
+    (b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}', "request must be an object"),
+    (b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}', "uid must be a non-empty"),
+    (b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","namespace":1}}',
+     "namespace must be a string"),
+])
+def test_bad_reviews(body: bytes, message: str) -> None:
+    with pytest.raises(BadReview, match=message):
+        parse_review(body)

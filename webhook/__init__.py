@@ -1,0 +1,1 @@
+"""Azure Workload Identity mutating admission webhook."""

@@ -1,0 +1,84 @@
+"""AdmissionReview decoding and encoding (admission.k8s.io/v1 and v1beta1), without I/O.
+
+The reply always uses the apiVersion of the request and echoes its uid, as the API server requires.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from webhook.mutation import MutationResult
+
+REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+class BadReview(ValueError):
+    """The body is not an AdmissionReview we can answer; becomes HTTP 400 with this message."""
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    api_version: str
+    uid: str
+    namespace: str
+    operation: str
+    dry_run: bool
+    pod: Any
+
+
+def parse_review(body: bytes) -> ReviewRequest:
+    """Decode and check the envelope; the pod itself is checked by the mutation core."""
+    try:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadReview(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(review, dict):
+        raise BadReview("request body must be a JSON object (an AdmissionReview)")
+    api_version = review.get("apiVersion")
+    if api_version not in REVIEW_VERSIONS:
+        raise BadReview(f"apiVersion must be one of {', '.join(REVIEW_VERSIONS)}, got {api_version!r}")
+    if review.get("kind") != "AdmissionReview":
+        raise BadReview(f"kind must be AdmissionReview, got {review.get('kind')!r}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadReview("AdmissionReview.request must be an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("AdmissionReview.request.uid must be a non-empty string")
+    namespace = request.get("namespace") or ""
+    if not isinstance(namespace, str):
+        raise BadReview("AdmissionReview.request.namespace must be a string")
+    operation = request.get("operation") or ""
+    return ReviewRequest(
+        api_version=api_version,
+        uid=uid,
+        namespace=namespace,
+        operation=operation if isinstance(operation, str) else "",
+        dry_run=request.get("dryRun") is True,
+        pod=request.get("object"),
+    )
+
+
+def encode_patch(patch: list[dict[str, Any]]) -> str:
+    return base64.b64encode(orjson.dumps(patch)).decode("ascii")
+
+
+def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
+                    audit_annotations: dict[str, str] | None = None) -> bytes:
+    """Serialise the AdmissionReview reply for a mutation result."""
+    response: dict[str, Any] = {"uid": request.uid, "allowed": result.denial is None}
+    if result.denial is not None:
+        response["status"] = {"code": result.denial.code, "message": result.denial.message,
+                              "reason": result.denial.reason}
+    elif result.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = encode_patch(result.patch)
+    if warnings:
+        response["warnings"] = warnings
+    if audit_annotations:
+        response["auditAnnotations"] = audit_annotations
+    return orjson.dumps({"apiVersion": request.api_version, "kind": "AdmissionReview", "response": response})

@@ -1,0 +1,246 @@
+"""The `wi-webhook` command: `serve`, `mutate` (offline rendering) and `version`.
+
+Every sub-command builds its configuration with the same code (`webhook.config`) and mutates with the same core
+(`webhook.mutation`), so what `mutate` prints is what `serve` would answer. Exit codes: 0 success, 1 a pod was
+denied, 2 bad input or configuration (the message names the file or setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import jsonpatch
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from webhook import logs
+from webhook.config import (
+    ConfigError,
+    MutationConfig,
+    ServeOptions,
+    WebhookOptions,
+    build_mutation_config,
+    explain_validation_error,
+)
+from webhook.constants import NATIVE_SIDECAR_MIN_VERSION
+from webhook.manifests import ManifestError, load
+from webhook.mutation import mutate_pod, pod_ref
+from webhook.serviceaccounts import ClusterServiceAccounts, ServiceAccountSource, StaticServiceAccounts
+
+
+class UsageError(Exception):
+    """Bad input or configuration: printed as `wi-webhook: <message>` with exit code 2."""
+
+
+def package_version() -> str:
+    try:
+        return version("workload-identity-webhook")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audience", default="", help="token audience (default api://AzureADTokenExchange)")
+    parser.add_argument("--custom-token-endpoint-annotation-suffix", default="")
+    parser.add_argument("--custom-token-endpoint-audience", default="")
+    parser.add_argument("--log-level", default="", help='"" (warnings), info, debug, trace or all')
+    parser.add_argument("--native-sidecar", default="auto", help="auto|true|false: proxy as a native sidecar "
+                        "(auto: API server >= 1.32; offline: classic)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wi-webhook", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the admission webhook (HTTPS)")
+    _common_flags(serve)
+    serve.add_argument("--port", type=int, default=9443)
+    serve.add_argument("--host", default="", help="listen address of the webhook port (default: all)")
+    serve.add_argument("--health-addr", default=":9440")
+    serve.add_argument("--metrics-addr", default=":8095")
+    serve.add_argument("--webhook-cert-dir", default="/certs")
+    serve.add_argument("--tls-min-version", default="1.3")
+    serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
+    serve.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
+                       help="serve ServiceAccounts from manifests instead of a cluster (repeatable)")
+    serve.add_argument("--serviceaccount-lookup-timeout", type=float, default=2.0,
+                       help="seconds a cache miss may spend on a live GET before the pod is denied")
+    serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
+    serve.add_argument("--shutdown-timeout", type=float, default=25.0,
+                       help="seconds to finish in-flight reviews after SIGTERM")
+    serve.add_argument("--cert-check-interval", type=float, default=2.0,
+                       help="seconds between checks of tls.crt/tls.key for changes")
+
+    mutate = commands.add_parser("mutate", help="print what the webhook would do to pods, offline")
+    _common_flags(mutate)
+    mutate.add_argument("-f", "--filename", action="append", required=True, metavar="POD_FILE",
+                        help="pod manifest(s): file, directory or - for stdin (repeatable)")
+    mutate.add_argument("--objects", action="append", default=[], metavar="SA_FILE",
+                        help="ServiceAccount manifest(s) (repeatable)")
+    mutate.add_argument("-n", "--namespace", default="", help="request namespace (default: the pod's, else default)")
+    mutate.add_argument("-o", "--output", choices=("yaml", "json", "patch"), default="yaml")
+
+    certs = commands.add_parser("certs", help="certificate helpers").add_subparsers(dest="certs_command",
+                                                                                      required=True)
+    generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service")
+    generate.add_argument("--service", default="azure-wi-webhook-webhook-service")
+    generate.add_argument("--namespace", default="azure-workload-identity-system")
+    generate.add_argument("--host", action="append", default=[], help="extra DNS name or IP (repeatable)")
+    generate.add_argument("--out", required=True, help="directory for ca.crt, ca.key, tls.crt, tls.key")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _options(model: type[WebhookOptions], args: argparse.Namespace) -> Any:
+    values = {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise UsageError(explain_validation_error(exc)) from None
+
+
+def _config(options: WebhookOptions, native_sidecar: bool) -> MutationConfig:
+    try:
+        return build_mutation_config(options, os.environ, native_sidecar=native_sidecar)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _static_source(paths: Sequence[str]) -> StaticServiceAccounts:
+    try:
+        return StaticServiceAccounts.from_manifests(load(paths))
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_server_version(git_version: str) -> tuple[int, int]:
+    match = re.match(r"^v?(\d+)\.(\d+)", git_version)
+    if not match:
+        raise UsageError(f"cannot parse the API server version {git_version!r} for --native-sidecar=auto; "
+                         "set --native-sidecar=true or false")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from webhook.metrics import Metrics
+    from webhook.server import AdmissionHandler, serve
+
+    options: ServeOptions = _options(ServeOptions, args)
+    logs.setup(options.log_level)
+    _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
+    metrics = Metrics()
+    source: ServiceAccountSource
+    if args.objects:
+        source = _static_source(args.objects)
+        native = options.native_sidecar == "true"
+    else:
+        api = _api_client(options.kubeconfig)
+        native = options.native_sidecar == "true"
+        if options.native_sidecar == "auto":
+            from kubernetes import client
+
+            native = parse_server_version(client.VersionApi(api).get_code().git_version) >= \
+                NATIVE_SIDECAR_MIN_VERSION
+        source = ClusterServiceAccounts(api, metrics, lookup_timeout=options.serviceaccount_lookup_timeout,
+                                        client_factory=lambda: _api_client(options.kubeconfig))
+    handler = AdmissionHandler(_config(options, native), source, metrics)
+    asyncio.run(serve(options, handler))
+    return 0
+
+
+def run_mutate(args: argparse.Namespace) -> int:
+    options: WebhookOptions = _options(WebhookOptions, args)
+    config = _config(options, native_sidecar=options.native_sidecar == "true")
+    source = _static_source(args.objects)
+    try:
+        manifests = load(args.filename)
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    pods = [m for m in manifests if m.obj.get("kind") == "Pod"]
+    if not pods:
+        raise UsageError(f"no Pod found in {', '.join(args.filename)} (mutate renders Pods)")
+    outputs: list[Any] = []
+    denied = 0
+    for manifest in pods:
+        pod = manifest.obj
+        namespace = args.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+        try:
+            ref = pod_ref(pod, namespace)
+        except ValueError as exc:
+            raise UsageError(f"{manifest.source}: {exc}") from None
+        result = mutate_pod(pod, namespace, source.lookup(ref.namespace, ref.service_account).sa, config)
+        if result.denial is not None:
+            denied += 1
+            print(f"wi-webhook: {manifest.source}: pod {ref.name} denied: {result.denial.message}", file=sys.stderr)
+            continue
+        outputs.append(result.patch if args.output == "patch" else jsonpatch.apply_patch(pod, result.patch))
+    _print(outputs, args.output)
+    return 1 if denied else 0
+
+
+def run_certs_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from webhook import certs
+
+    ca = certs.generate_ca()
+    hosts = certs.service_hosts(args.service, args.namespace) + list(args.host)
+    certs.write_bundle(Path(args.out), ca, certs.generate_serving(ca, hosts))
+    print(f"wrote ca.crt, ca.key, tls.crt, tls.key to {args.out} for {hosts[0]}")
+    return 0
+
+
+def _print(outputs: list[Any], output: str) -> None:
+    if output == "yaml":
+        if outputs:
+            sys.stdout.write(yaml.safe_dump_all(outputs, sort_keys=False))
+    elif output == "patch":
+        for patch in outputs:
+            sys.stdout.write(orjson.dumps(patch).decode() + "\n")
+    elif len(outputs) == 1:
+        sys.stdout.write(orjson.dumps(outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif outputs:
+        listing = {"apiVersion": "v1", "kind": "List", "items": outputs}
+        sys.stdout.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(package_version())
+            return 0
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "certs":
+            return run_certs_generate(args)
+        return run_mutate(args)
+    except UsageError as exc:
+        print(f"wi-webhook: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Reading Kubernetes manifests from files, directories and stdin: multi-document YAML/JSON and `List` kinds.
+
+Errors name the file (and document number) so that `mutate`/`check` can exit 2 with a useful message.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.constants import ANNOTATION_PREFIX
+from webhook.mutation import ServiceAccountInfo
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ManifestError(ValueError):
+    """A manifest could not be read or parsed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object and where it came from (for messages)."""
+
+    obj: dict[str, Any]
+    source: str
+    index: int
+
+
+def _files(path: str) -> Iterator[tuple[str, str]]:
+    if path == "-":
+        yield "<stdin>", sys.stdin.read()
+        return
+    target = Path(path)
+    if target.is_dir():
+        found = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+        for file in found:
+            yield from _files(str(file))
+        return
+    try:
+        yield str(target), target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file or directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read: {exc}") from None
+
+
+def _flatten(obj: Any, source: str, index: int) -> Iterator[Manifest]:
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{source}: document {index + 1} is a {type(obj).__name__}, not a Kubernetes object")
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
+        for item in obj["items"]:
+            yield from _flatten(item, source, index)
+        return
+    yield Manifest(obj, source, index)
+
+
+def load(paths: Iterable[str]) -> list[Manifest]:
+    """All objects in the given files/directories ("-" is stdin), in order."""
+    manifests: list[Manifest] = []
+    for path in paths:
+        for source, text in _files(path):
+            try:
+                documents = list(yaml.safe_load_all(text))
+            except yaml.YAMLError as exc:
+                raise ManifestError(f"{source}: not valid YAML/JSON: {exc}") from None
+            for index, document in enumerate(documents):
+                manifests.extend(_flatten(document, source, index))
+    return manifests
+
+
+def service_account_info(obj: dict[str, Any], default_namespace: str = "default") -> ServiceAccountInfo:
+    """Shrink a ServiceAccount object to what the webhook uses (its workload identity annotations and labels)."""
+    metadata = obj.get("metadata") or {}
+    return ServiceAccountInfo(
+        namespace=str(metadata.get("namespace") or default_namespace),
+        name=str(metadata.get("name") or ""),
+        annotations=_identity_keys(metadata.get("annotations")),
+        labels=_identity_keys(metadata.get("labels")),
+        resource_version=str(metadata.get("resourceVersion") or ""),
+    )
+
+
+def _identity_keys(values: Any) -> dict[str, str]:
+    if not isinstance(values, dict):
+        return {}
+    return {k: str(v) for k, v in values.items() if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX + "/")}

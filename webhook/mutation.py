@@ -1,0 +1,499 @@
+"""The pure mutation core: (pod JSON, ServiceAccount, config) -> JSON Patch ops or a denial.
+
+No I/O and no globals. The pod is the raw request JSON (plain dicts and lists) and is never modified or
+re-serialised: every change is an RFC 6902 operation at a precise path, mostly `add`, so fields we do not know
+about (new PodSpec fields, native-sidecar `restartPolicy`, ...) survive untouched — the reference's typed
+round-trip dropped them (Azure/azure-workload-identity#1312).
+
+Behaviour follows the reference v1.6.0 step by step (see README "Compatibility"); the deliberate differences are:
+`inject-proxy-sidecar: "false"` does not inject (#1210), the proxy port is range-checked, proxy containers may get
+resources from config (#1441), and denials carry the annotation name and the fix after the reference text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.config import MutationConfig
+from webhook.constants import (
+    CA_FILE_PATH,
+    CA_RELATIVE_PATH,
+    CLIENT_ID_ANNOTATION,
+    DEFAULT_PROXY_PORT,
+    DEFAULT_TOKEN_EXPIRATION,
+    ENV_AUTHORITY_HOST,
+    ENV_CLIENT_ID,
+    ENV_FEDERATED_TOKEN_FILE,
+    ENV_KUBERNETES_CA_DATA,
+    ENV_KUBERNETES_CA_FILE,
+    ENV_KUBERNETES_SNI_NAME,
+    ENV_KUBERNETES_TOKEN_PROXY,
+    ENV_TENANT_ID,
+    INJECT_PROXY_ANNOTATION,
+    MAX_TOKEN_EXPIRATION,
+    MIN_TOKEN_EXPIRATION,
+    MOUNT_PATH,
+    PROXY_CONTAINER_NAME,
+    PROXY_INIT_CONTAINER_NAME,
+    PROXY_PORT_ANNOTATION,
+    SKIP_CONTAINERS_ANNOTATION,
+    TENANT_ID_ANNOTATION,
+    TOKEN_EXPIRATION_ANNOTATION,
+    TOKEN_FILE_PATH,
+    TOKEN_RELATIVE_PATH,
+    VOLUME_NAME_PREFIX,
+)
+
+JSON = Any
+PatchOp = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServiceAccountInfo:
+    """The part of a ServiceAccount the webhook uses (what the cache keeps, to bound memory)."""
+
+    namespace: str
+    name: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str = ""
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A reason to reject the pod; `code` becomes the AdmissionResponse status code."""
+
+    message: str
+    reason: str
+    code: int = 400
+
+
+@dataclass(frozen=True)
+class PodRef:
+    """What the shell needs before the ServiceAccount lookup: where the pod lives and which SA it runs as."""
+
+    namespace: str
+    name: str
+    service_account: str
+
+
+@dataclass
+class MutationResult:
+    """The patch (empty when nothing changes) plus facts for logs, metrics and the status annotation."""
+
+    patch: list[PatchOp] = field(default_factory=list)
+    denial: Denial | None = None
+    volume_name: str = ""
+    env_names: list[str] = field(default_factory=list)
+    injected_containers: list[str] = field(default_factory=list)
+    skipped_containers: list[str] = field(default_factory=list)
+    proxy_injected: bool = False
+    expiration_seconds: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.denial is None
+
+
+class PodShapeError(ValueError):
+    """The object is not a decodable Pod; the message names the offending field."""
+
+
+def pod_ref(pod: JSON, request_namespace: str) -> PodRef:
+    """Extract namespace, hash name and ServiceAccount name; raises PodShapeError for non-pod shapes."""
+    _check_shape(pod)
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    name = metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)"
+    namespace = request_namespace or metadata.get("namespace") or ""
+    return PodRef(namespace=namespace, name=name, service_account=spec.get("serviceAccountName") or "default")
+
+
+def volume_name_for(pod_name: str) -> str:
+    """`azure-workload-identity-reserved-` + 30 hex chars of sha256(pod name): 63 chars, a valid DNS label."""
+    return VOLUME_NAME_PREFIX + hashlib.sha256(pod_name.encode("utf-8")).hexdigest()[:30]
+
+
+def service_account_not_found(name: str) -> Denial:
+    return Denial(f'serviceaccounts "{name}" not found', reason="ServiceAccountNotFound")
+
+
+def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
+               config: MutationConfig) -> MutationResult:
+    """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial."""
+    try:
+        ref = pod_ref(pod, request_namespace)
+    except PodShapeError as exc:
+        return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
+    if sa is None:
+        return MutationResult(denial=service_account_not_found(ref.service_account))
+    metadata: dict[str, Any] = pod.get("metadata") or {}
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    spec: dict[str, Any] = pod.get("spec") or {}
+
+    proxy_port: int | None = None
+    if wants_proxy(annotations):
+        if spec.get("hostNetwork") is True:
+            return MutationResult(denial=Denial("hostNetwork is set to true, cannot inject proxy sidecar",
+                                                reason="ProxyWithHostNetwork"))
+        port = proxy_port_of(annotations)
+        if isinstance(port, Denial):
+            return MutationResult(denial=port)
+        proxy_port = port
+    expiration = token_expiration(annotations, sa.annotations)
+    if isinstance(expiration, Denial):
+        return MutationResult(denial=expiration)
+
+    custom = config.custom_endpoint
+    custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
+    env = env_candidates(sa, config, custom_active)
+    volume = projected_volume(volume_name_for(ref.name), expiration, config, custom_active)
+    mount = {"name": volume["name"], "mountPath": MOUNT_PATH, "readOnly": True}
+    skip = skip_containers(annotations)
+
+    result = MutationResult(volume_name=volume["name"], env_names=[name for name, _ in env],
+                            proxy_injected=proxy_port is not None, expiration_seconds=expiration)
+    ops = result.patch
+    if "metadata" not in pod or pod["metadata"] is None:
+        ops.append({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}})
+    elif metadata.get("namespace") != ref.namespace:
+        ops.append({"op": "replace" if "namespace" in metadata else "add", "path": "/metadata/namespace",
+                    "value": ref.namespace})
+    if "spec" not in pod or pod["spec"] is None:
+        ops.append({"op": "add", "path": "/spec", "value": {}})
+
+    injector = _ContainerInjector(env, mount, skip, result)
+    init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
+    app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
+    if proxy_port is not None:
+        if not init_list.has(PROXY_INIT_CONTAINER_NAME):
+            init_list.append(injector.inject_new(proxy_init_container(proxy_port, config)))
+        sidecar_list = init_list if config.native_sidecar else app_list
+        if not sidecar_list.has(PROXY_CONTAINER_NAME):
+            sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
+    for editor in (init_list, app_list):
+        for index, container in editor.existing():
+            ops.extend(injector.inject_existing(container, f"{editor.path}/{index}"))
+
+    _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
+    return result
+
+
+def wants_proxy(annotations: Mapping[str, str]) -> bool:
+    """Inject the proxy when the annotation is present and not "false" (the reference ignores the value, #1210)."""
+    value = annotations.get(INJECT_PROXY_ANNOTATION)
+    return value is not None and value.strip().lower() != "false"
+
+
+_GO_INT = re.compile(r"^[+-]?[0-9]+$")
+
+
+def go_parse_int(text: str, bits: int) -> int:
+    """strconv.ParseInt(text, 10, bits) with Go's error text, so messages match the reference."""
+    quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not _GO_INT.match(text):
+        raise ValueError(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
+    value = int(text)
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise ValueError(f"strconv.ParseInt: parsing {quoted}: value out of range")
+    return value
+
+
+def proxy_port_of(annotations: Mapping[str, str]) -> int | Denial:
+    if PROXY_PORT_ANNOTATION not in annotations:
+        return DEFAULT_PROXY_PORT
+    fix = f"set annotation {PROXY_PORT_ANNOTATION} to a port number between 1 and 65535"
+    try:
+        port = go_parse_int(annotations[PROXY_PORT_ANNOTATION], 32)
+    except ValueError as exc:
+        return Denial(f"failed to parse proxy sidecar port: {exc} ({fix})", reason="InvalidProxyPort")
+    if not 1 <= port <= 65535:
+        return Denial(f"proxy sidecar port {port} not valid. Expected value to be between 1 and 65535 ({fix})",
+                      reason="InvalidProxyPort")
+    return port
+
+
+def token_expiration(pod_annotations: Mapping[str, str], sa_annotations: Mapping[str, str]) -> int | Denial:
+    """Pod annotation beats ServiceAccount annotation beats 3600; must lie in [3600, 86400]."""
+    raw, source = pod_annotations.get(TOKEN_EXPIRATION_ANNOTATION, ""), "pod"
+    if not raw:
+        raw, source = sa_annotations.get(TOKEN_EXPIRATION_ANNOTATION, ""), "ServiceAccount"
+    if not raw:
+        return DEFAULT_TOKEN_EXPIRATION
+    fix = (f"set the {source} annotation {TOKEN_EXPIRATION_ANNOTATION} to a whole number of seconds between "
+           f"{MIN_TOKEN_EXPIRATION} and {MAX_TOKEN_EXPIRATION}")
+    try:
+        seconds = go_parse_int(raw, 64)
+    except ValueError as exc:
+        return Denial(f"{exc} ({fix})", reason="InvalidTokenExpiration")
+    if not MIN_TOKEN_EXPIRATION <= seconds <= MAX_TOKEN_EXPIRATION:
+        return Denial(f"token expiration {seconds} not valid. Expected value to be between "
+                      f"{MIN_TOKEN_EXPIRATION} and {MAX_TOKEN_EXPIRATION} ({fix})", reason="InvalidTokenExpiration")
+    return seconds
+
+
+def skip_containers(annotations: Mapping[str, str]) -> frozenset[str]:
+    raw = annotations.get(SKIP_CONTAINERS_ANNOTATION, "")
+    return frozenset(name.strip() for name in raw.split(";") if name.strip())
+
+
+def env_candidates(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> list[tuple[str, str]]:
+    """The env vars to inject, in the reference's order, without empty values."""
+    tenant = sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id)  # present, even empty, wins
+    candidates = [
+        (ENV_CLIENT_ID, sa.annotations.get(CLIENT_ID_ANNOTATION, "")),
+        (ENV_TENANT_ID, tenant),
+        (ENV_FEDERATED_TOKEN_FILE, TOKEN_FILE_PATH),
+        (ENV_AUTHORITY_HOST, config.authority_host),
+    ]
+    if custom_active and config.custom_endpoint is not None:
+        custom = config.custom_endpoint
+        candidates += [
+            (ENV_KUBERNETES_TOKEN_PROXY, custom.token_proxy),
+            (ENV_KUBERNETES_SNI_NAME, custom.sni_name),
+            (ENV_KUBERNETES_CA_FILE, CA_FILE_PATH),
+            (ENV_KUBERNETES_CA_DATA, custom.ca_data),
+        ]
+    return [(name, value) for name, value in candidates if value]
+
+
+def projected_volume(name: str, expiration: int, config: MutationConfig, custom_active: bool) -> dict[str, Any]:
+    custom = config.custom_endpoint if custom_active else None
+    sources: list[dict[str, Any]] = [{"serviceAccountToken": {
+        "path": TOKEN_RELATIVE_PATH,
+        "expirationSeconds": expiration,
+        "audience": custom.audience if custom else config.audience,
+    }}]
+    if custom and custom.ca_configmap_name:
+        sources.append({"configMap": {"name": custom.ca_configmap_name,
+                                      "items": [{"key": "ca.crt", "path": CA_RELATIVE_PATH}], "optional": False}})
+    if custom and custom.ctb_signer_name:
+        bundle: dict[str, Any] = {"signerName": custom.ctb_signer_name}
+        if custom.ctb_label_selector is not None:
+            bundle["labelSelector"] = custom.ctb_label_selector
+        bundle.update({"path": CA_RELATIVE_PATH, "optional": False})
+        sources.append({"clusterTrustBundle": bundle})
+    return {"name": name, "projected": {"sources": sources}}
+
+
+def _proxy_log_level(config: MutationConfig) -> str:
+    return config.log_level if config.log_level in ("", "info", "debug", "trace", "all") else ""
+
+
+def proxy_init_container(port: int, config: MutationConfig) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": PROXY_INIT_CONTAINER_NAME,
+        "image": config.proxy_init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": {
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            "privileged": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+        },
+        "env": [{"name": "PROXY_PORT", "value": str(port)}],
+    }
+    if config.proxy_init_resources:
+        container["resources"] = config.proxy_init_resources
+    return container
+
+
+def proxy_sidecar_container(port: int, config: MutationConfig) -> dict[str, Any]:
+    level = _proxy_log_level(config)
+    container: dict[str, Any] = {
+        "name": PROXY_CONTAINER_NAME,
+        "image": config.proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [f"--proxy-port={port}", f"--log-level={level}"],
+        "ports": [{"containerPort": port}],
+        "lifecycle": {"postStart": {"exec": {
+            "command": ["/proxy", f"--proxy-port={port}", "--probe", f"--log-level={level}"]}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    if config.proxy_resources:
+        container["resources"] = config.proxy_resources
+    if config.native_sidecar:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def _escape(token: str) -> str:
+    """RFC 6901 reference token escaping."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _same_volume(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
+    """Equal, ignoring `projected.defaultMode` which the API server adds when it re-defaults a patched pod."""
+    projected = actual.get("projected")
+    if isinstance(projected, dict) and "defaultMode" in projected:
+        actual = {**actual, "projected": {k: v for k, v in projected.items() if k != "defaultMode"}}
+    return dict(wanted) == dict(actual)
+
+
+def _same(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
+    return dict(wanted) == dict(actual)
+
+
+class _ListEditor:
+    """Emits add/replace ops for one array of the pod while tracking how earlier ops shifted its indices."""
+
+    def __init__(self, path: str, current: Sequence[Any] | None, ops: list[PatchOp]) -> None:
+        self.path = path
+        self._items: list[tuple[bool, Any]] | None = None if current is None else [(False, c) for c in current]
+        self._ops = ops
+
+    def has(self, name: str) -> bool:
+        return any(item.get("name") == name for _, item in self._items or [])
+
+    def existing(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(i, item) for i, (new, item) in enumerate(self._items or []) if not new]
+
+    def append(self, item: Any) -> None:
+        self._insert(item, at_start=False)
+
+    def prepend(self, item: Any) -> None:
+        self._insert(item, at_start=True)
+
+    def _insert(self, item: Any, *, at_start: bool) -> None:
+        if self._items is None:
+            self._items = [(True, item)]
+            self._ops.append({"op": "add", "path": self.path, "value": [item]})
+        elif at_start:
+            self._items.insert(0, (True, item))
+            self._ops.append({"op": "add", "path": f"{self.path}/0", "value": item})
+        else:
+            self._items.append((True, item))
+            self._ops.append({"op": "add", "path": f"{self.path}/-", "value": item})
+
+    def upsert(self, item: dict[str, Any], same: Any = _same) -> None:
+        """Replace the same-named entry (unless already identical) or append a new one."""
+        for index, (_, existing) in enumerate(self._items or []):
+            if existing.get("name") == item["name"]:
+                if not same(item, existing):
+                    self._items[index] = (True, item)  # type: ignore[index]
+                    self._ops.append({"op": "replace", "path": f"{self.path}/{index}", "value": item})
+                return
+        self.append(item)
+
+
+class _ContainerInjector:
+    """Adds the env vars and the mount to each container that is not skipped, recording what it did."""
+
+    def __init__(self, env: list[tuple[str, str]], mount: dict[str, Any], skip: frozenset[str],
+                 result: MutationResult) -> None:
+        self._env = env
+        self._mount = mount
+        self._skip = skip
+        self._result = result
+
+    def _skipped(self, container: Mapping[str, Any]) -> bool:
+        name = container.get("name", "")
+        if name in self._skip:
+            self._result.skipped_containers.append(name)
+            return True
+        self._result.injected_containers.append(name)
+        return False
+
+    def _missing_env(self, container: Mapping[str, Any]) -> list[dict[str, str]]:
+        present = {entry.get("name") for entry in container.get("env") or []}
+        return [{"name": name, "value": value} for name, value in self._env if name not in present]
+
+    def inject_new(self, container: dict[str, Any]) -> dict[str, Any]:
+        """A container we create gets everything in one `add` op."""
+        if not self._skipped(container):
+            container["env"] = list(container.get("env") or []) + self._missing_env(container)
+            if not container["env"]:
+                del container["env"]
+            container["volumeMounts"] = [dict(self._mount)]
+        return container
+
+    def inject_existing(self, container: Mapping[str, Any], path: str) -> list[PatchOp]:
+        if self._skipped(container):
+            return []
+        ops: list[PatchOp] = []
+        missing = self._missing_env(container)
+        env_ops: list[PatchOp] = []
+        if missing:
+            if container.get("env") is None:
+                env_ops.append({"op": "add", "path": f"{path}/env", "value": missing})
+            else:
+                env_ops.extend({"op": "add", "path": f"{path}/env/-", "value": entry} for entry in missing)
+        ops.extend(env_ops)
+        _ListEditor(f"{path}/volumeMounts", container.get("volumeMounts"), ops).upsert(dict(self._mount))
+        return ops
+
+
+_LIST_FIELDS = ("containers", "initContainers", "volumes")
+
+
+def _check_shape(pod: JSON) -> None:
+    """Reject what the API server's typed decoder would reject, naming the field (never a traceback)."""
+    if not isinstance(pod, dict):
+        raise PodShapeError(f"request.object must be a Pod object, got {type(pod).__name__}")
+    kind = pod.get("kind")
+    if kind not in (None, "Pod"):
+        raise PodShapeError(f"request.object.kind is {kind!r}; this webhook only mutates Pods")
+    metadata = pod.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise PodShapeError("metadata must be an object")
+        for key in ("name", "generateName", "namespace"):
+            if metadata.get(key) is not None and not isinstance(metadata[key], str):
+                raise PodShapeError(f"metadata.{key} must be a string")
+        for key in ("annotations", "labels"):
+            _check_string_map(metadata.get(key), f"metadata.{key}")
+    spec = pod.get("spec")
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise PodShapeError("spec must be an object")
+    if spec.get("serviceAccountName") is not None and not isinstance(spec["serviceAccountName"], str):
+        raise PodShapeError("spec.serviceAccountName must be a string")
+    if spec.get("hostNetwork") is not None and not isinstance(spec["hostNetwork"], bool):
+        raise PodShapeError("spec.hostNetwork must be a boolean")
+    for key in _LIST_FIELDS:
+        items = spec.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise PodShapeError(f"spec.{key} must be a list")
+        for index, item in enumerate(items):
+            where = f"spec.{key}[{index}]"
+            if not isinstance(item, dict):
+                raise PodShapeError(f"{where} must be an object")
+            if item.get("name") is not None and not isinstance(item["name"], str):
+                raise PodShapeError(f"{where}.name must be a string")
+            if key != "volumes":
+                _check_container(item, where)
+
+
+def _check_container(container: dict[str, Any], where: str) -> None:
+    for key in ("env", "volumeMounts"):
+        items = container.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise PodShapeError(f"{where}.{key} must be a list")
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise PodShapeError(f"{where}.{key}[{index}] must be an object")
+
+
+def _check_string_map(value: JSON, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise PodShapeError(f"{where} must be an object of strings")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise PodShapeError(f"{where}[{key!r}] must be a string, got {type(item).__name__}")

@@ -1,0 +1,195 @@
+"""`wi-webhook serve`: the HTTPS admission endpoint, health and metrics listeners, and graceful shutdown.
+
+The request path is: parse the AdmissionReview, find the pod's ServiceAccount, call the pure core, answer.
+Nothing is logged above debug on success; every denial is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from webhook.admission import BadReview, parse_review, review_response
+from webhook.config import MutationConfig, ServeOptions, parse_addr
+from webhook.constants import MUTATE_PATH
+from webhook.metrics import Metrics
+from webhook.mutation import Denial, MutationResult, PodShapeError, mutate_pod, pod_ref
+from webhook.serviceaccounts import ServiceAccountSource
+from webhook.tls import ServingCertificate
+
+log = logging.getLogger("webhook")
+
+
+@dataclass
+class AdmissionHandler:
+    """Answers AdmissionReviews; shared by the HTTPS server and by tests that call it in process."""
+
+    config: MutationConfig
+    source: ServiceAccountSource
+    metrics: Metrics = field(default_factory=Metrics)
+
+    async def review(self, body: bytes) -> bytes:
+        """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
+        started = time.perf_counter()
+        request = parse_review(body)
+        result = await self._mutate(request.pod, request.namespace)
+        if result.denial is not None:
+            decision = "denied"
+            log.warning("pod denied", extra={"uid": request.uid, "namespace": request.namespace,
+                                            "pod": _pod_name(request.pod), "reason": result.denial.reason,
+                                            "error": result.denial.message, "dry-run": request.dry_run})
+        else:
+            decision = "mutated" if result.patch else "skipped"
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace,
+                                                 "pod": _pod_name(request.pod), "decision": decision,
+                                                 "containers": result.injected_containers,
+                                                 "skipped": result.skipped_containers})
+        answer = review_response(request, result)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(decision, request.namespace).inc()
+        self.metrics.duration.observe(elapsed)
+        self.metrics.reference_duration.labels(request.namespace, "webhook").observe(elapsed)
+        return answer
+
+    async def _mutate(self, pod: object, namespace: str) -> MutationResult:
+        try:
+            ref = pod_ref(pod, namespace)
+        except PodShapeError as exc:
+            return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
+        lookup = await self.source.get(ref.namespace, ref.service_account)
+        if lookup.error:
+            return MutationResult(denial=Denial(
+                f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
+                "(the API server could not be reached in time; retry the request)",
+                reason="ServiceAccountLookupFailed", code=500))
+        return mutate_pod(pod, ref.namespace, lookup.sa, self.config)
+
+
+def _pod_name(pod: object) -> str:
+    if isinstance(pod, dict) and isinstance(pod.get("metadata"), dict):
+        metadata = pod["metadata"]
+        return str(metadata.get("name") or f"{metadata.get('generateName') or ''}*")
+    return ""
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Application:
+    async def mutate(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"request body larger than the configured limit of {max_request_bytes} bytes "
+                                   "(--max-request-bytes)")
+        try:
+            answer = await handler.review(body)
+        except BadReview as exc:
+            handler.metrics.requests.labels("error", "").inc()
+            return json_error(400, str(exc))
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application(client_max_size=max_request_bytes)
+    app.router.add_post(MUTATE_PATH, mutate)
+    return app
+
+
+@dataclass
+class Health:
+    """Readiness: certificates loaded AND ServiceAccounts synced, and not shutting down."""
+
+    cert: ServingCertificate
+    source: ServiceAccountSource
+    shutting_down: bool = False
+
+    def ready(self) -> tuple[bool, str]:
+        if self.shutting_down:
+            return False, "shutting down"
+        if not self.cert.loaded:
+            return False, f"certs are not ready yet: {self.cert.last_error or 'waiting for tls.crt/tls.key'}"
+        return self.source.ready()
+
+
+def health_app(health: Health) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, detail = health.ready()
+        return web.Response(text=("ok: " if ok else "not ready: ") + detail, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    async def scrape(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics.registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+async def _start(app: web.Application, addr: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None,
+                 shutdown_timeout: float = 5.0) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, addr[0] or None, addr[1], reuse_address=True, ssl_context=ssl_context,
+                       shutdown_timeout=shutdown_timeout)
+    await site.start()
+    return runner
+
+
+async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: asyncio.Event | None = None,
+                cert_wait_timeout: float = 120.0) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    cert = ServingCertificate(options.webhook_cert_dir, options.tls_min_version, handler.metrics)
+    health = Health(cert, handler.source)
+    runners = [await _start(health_app(health), parse_addr(options.health_addr)),
+               await _start(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
+    handler.source.start()
+    try:
+        deadline = loop.time() + cert_wait_timeout
+        while not cert.refresh() and not stop.is_set():
+            if loop.time() > deadline:
+                raise RuntimeError(f"certs are not ready after {cert_wait_timeout:.0f}s: {cert.last_error}")
+            await asyncio.sleep(0.5)
+        if stop.is_set():
+            return
+        webhook = await _start(webhook_app(handler, options.max_request_bytes), (options.host, options.port),
+                               ssl_context=cert.context, shutdown_timeout=options.shutdown_timeout)
+        runners.insert(0, webhook)
+        log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":
+                                   options.tls_min_version})
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=options.cert_check_interval)
+            cert.refresh()
+        health.shutting_down = True
+        log.info("shutting down: no new connections, finishing in-flight reviews")
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        handler.source.stop()
