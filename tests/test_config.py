@@ -57,7 +57,7 @@ def test_clouds(name: str, host: str) -> None:
 
 
 def test_unknown_cloud_names_accepted_values() -> None:
-    with pytest.raises(ConfigError, match='There is no cloud environment matching the name "MARS".*AzurePublicCloud'):
+    with pytest.raises(ConfigError, match=r'There is no cloud environment matching the name "MARS".*AzurePublicCloud'):
         build({**TENANT, "AZURE_ENVIRONMENT": "mars"})
 
 
@@ -100,11 +100,15 @@ def test_custom_endpoint_built_from_env() -> None:
     assert custom.ctb_label_selector == {"matchLabels": {"a": "b"}} and custom.token_proxy == "https://p"
 
 
+SIGNER, SELECTOR = "AZURE_KUBERNETES_CA_CTB_SIGNER_NAME", "AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR"
+
+
 @pytest.mark.parametrize(("env", "message"), [
-    ({"AZURE_KUBERNETES_CA_DATA": "x", "AZURE_KUBERNETES_CA_CONFIGMAP_NAME": "y"}, "only one of AZURE_KUBERNETES_CA_DATA"),
-    ({"AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR": '{"matchLabels":{}}'}, "AZURE_KUBERNETES_CA_CTB_SIGNER_NAME needs to be set"),
-    ({"AZURE_KUBERNETES_CA_CTB_SIGNER_NAME": "s", "AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR": "{"}, "failed to decode LabelSelector"),
-    ({"AZURE_KUBERNETES_CA_CTB_SIGNER_NAME": "s", "AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR": '{"x":1}'}, "only matchLabels"),
+    ({"AZURE_KUBERNETES_CA_DATA": "x", "AZURE_KUBERNETES_CA_CONFIGMAP_NAME": "y"},
+     "only one of AZURE_KUBERNETES_CA_DATA"),
+    ({SELECTOR: '{"matchLabels":{}}'}, "AZURE_KUBERNETES_CA_CTB_SIGNER_NAME needs to be set"),
+    ({SIGNER: "s", SELECTOR: "{"}, "failed to decode LabelSelector"),
+    ({SIGNER: "s", SELECTOR: '{"x":1}'}, "only matchLabels"),
 ])
 def test_custom_endpoint_ca_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -194,7 +194,7 @@ def test_skip_containers_trimmed_and_applies_to_init_containers() -> None:
 
 
 def test_volume_added_even_when_every_container_skipped_or_none() -> None:
-    out, result = mutated(pod(annotations={f"{WI}/skip-containers": "app"}))
+    out, _result = mutated(pod(annotations={f"{WI}/skip-containers": "app"}))
     assert "env" not in out["spec"]["containers"][0]
     assert volume(out)
     out, _ = mutated(pod(containers=[]), check_schema=False)  # containers: [] is invalid for the API anyway

@@ -23,7 +23,10 @@ from tests.support import env_names, pod, validate
 SA_MANIFEST = """
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: sa, namespace: ns, annotations: {azure.workload.identity/client-id: "00000000-1111-2222-3333-444444444444"}}
+metadata:
+  name: sa
+  namespace: ns
+  annotations: {azure.workload.identity/client-id: "00000000-1111-2222-3333-444444444444"}
 """
 
 

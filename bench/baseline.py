@@ -1,0 +1,37 @@
+"""The baseline for bench/run.py: a bare aiohttp + orjson handler that decodes the review and allows it.
+
+Same TLS setup, same body limit, same response shape as the webhook, and nothing else: the ceiling the webhook's
+own work is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+
+import orjson
+from aiohttp import web
+
+
+async def mutate(request: web.Request) -> web.Response:
+    review = orjson.loads(await request.read())
+    answer = {"apiVersion": review["apiVersion"], "kind": "AdmissionReview",
+              "response": {"uid": review["request"]["uid"], "allowed": True}}
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert-dir", required=True)
+    args = parser.parse_args()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(f"{args.cert_dir}/tls.crt", f"{args.cert_dir}/tls.key")
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/mutate-v1-pod", mutate)
+    web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=context, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

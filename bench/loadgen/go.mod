@@ -1,0 +1,3 @@
+module wi-webhook/bench/loadgen
+
+go 1.22
