@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to finish in-flight reviews after SIGTERM")
     serve.add_argument("--cert-check-interval", type=float, default=2.0,
                        help="seconds between checks of tls.crt/tls.key for changes")
+    rotation = serve.add_argument_group("self-managed certificates (in-cluster; on unless --disable-cert-rotation)")
+    rotation.add_argument("--disable-cert-rotation", action="store_true",
+                          help="use the certificates in --webhook-cert-dir as they are (cert-manager, own Secret)")
+    rotation.add_argument("--cert-secret-name", default="azure-wi-webhook-server-cert",
+                          help="Secret in $POD_NAMESPACE holding ca.crt/ca.key/tls.crt/tls.key")
+    rotation.add_argument("--webhook-config-name", default="azure-wi-webhook-mutating-webhook-configuration",
+                          help="MutatingWebhookConfiguration whose caBundle is kept current")
+    rotation.add_argument("--service-name", default="azure-wi-webhook-webhook-service",
+                          help="Service the serving certificate is issued for (<svc>.<ns>.svc)")
+    rotation.add_argument("--cert-check-rotation-interval", default="12h", help="how often to check expiry")
+    rotation.add_argument("--cert-renew-before", default="2160h",
+                          help="renew when the certificate would expire within this duration (90 days)")
+    rotation.add_argument("--cert-host", action="append", default=[],
+                          help="extra DNS name or IP for the serving certificate (repeatable)")
 
     mutate = commands.add_parser("mutate", help="print what the webhook would do to pods, offline")
     _common_flags(mutate)
@@ -150,6 +164,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
     metrics = Metrics()
     source: ServiceAccountSource
+    rotator = None
     if args.objects:
         source = _static_source(args.objects)
         native = options.native_sidecar == "true"
@@ -163,9 +178,23 @@ def run_serve(args: argparse.Namespace) -> int:
                 NATIVE_SIDECAR_MIN_VERSION
         source = ClusterServiceAccounts(api, metrics, lookup_timeout=options.serviceaccount_lookup_timeout,
                                         client_factory=lambda: _api_client(options.kubeconfig))
+        if not options.disable_cert_rotation:
+            rotator = _rotator(api, options)
     handler = AdmissionHandler(_config(options, native), source, metrics)
-    asyncio.run(serve(options, handler))
+    asyncio.run(serve(options, handler, rotator=rotator))
     return 0
+
+
+def _rotator(api: Any, options: ServeOptions) -> Any:
+    from webhook.certs import service_hosts
+    from webhook.rotation import CertRotator, RotationSettings, parse_duration
+
+    namespace = os.environ.get("POD_NAMESPACE") or "azure-workload-identity-system"
+    return CertRotator(api, RotationSettings(
+        namespace=namespace, secret_name=options.cert_secret_name, webhook_config_name=options.webhook_config_name,
+        hosts=service_hosts(options.service_name, namespace) + list(options.cert_host),
+        renew_before=parse_duration(options.cert_renew_before),
+        check_interval=parse_duration(options.cert_check_rotation_interval)))
 
 
 def run_mutate(args: argparse.Namespace) -> int:

@@ -124,6 +124,23 @@ class ServeOptions(WebhookOptions):
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=3 * 1024 * 1024 + 65536)
     shutdown_timeout: float = Field(default=25.0, gt=0, le=300)
     cert_check_interval: float = Field(default=2.0, gt=0, le=3600)
+    disable_cert_rotation: bool = False
+    cert_secret_name: str = "azure-wi-webhook-server-cert"
+    webhook_config_name: str = "azure-wi-webhook-mutating-webhook-configuration"
+    service_name: str = "azure-wi-webhook-webhook-service"
+    cert_check_rotation_interval: str = "12h"
+    cert_renew_before: str = "2160h"
+    cert_host: list[str] = Field(default_factory=list)
+    policy: str | None = None
+
+    @field_validator("cert_check_rotation_interval", "cert_renew_before")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from webhook.rotation import parse_duration
+
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive duration, e.g. 12h")
+        return value
 
     @field_validator("health_addr", "metrics_addr")
     @classmethod

@@ -22,6 +22,7 @@ from webhook.config import MutationConfig, ServeOptions, parse_addr
 from webhook.constants import MUTATE_PATH
 from webhook.metrics import Metrics
 from webhook.mutation import Denial, MutationResult, PodShapeError, mutate_pod, pod_ref
+from webhook.rotation import CertRotator
 from webhook.serviceaccounts import ServiceAccountSource
 from webhook.tls import ServingCertificate
 
@@ -112,11 +113,14 @@ class Health:
 
     cert: ServingCertificate
     source: ServiceAccountSource
+    rotator: CertRotator | None = None
     shutting_down: bool = False
 
     def ready(self) -> tuple[bool, str]:
         if self.shutting_down:
             return False, "shutting down"
+        if self.rotator is not None and not self.rotator.done_once.is_set():
+            return False, f"certs are not ready yet: rotator has not finished ({self.rotator.last_error or 'running'})"
         if not self.cert.loaded:
             return False, f"certs are not ready yet: {self.cert.last_error or 'waiting for tls.crt/tls.key'}"
         return self.source.ready()
@@ -158,7 +162,7 @@ async def _start(app: web.Application, addr: tuple[str, int], *, ssl_context: ss
 
 
 async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: asyncio.Event | None = None,
-                cert_wait_timeout: float = 120.0) -> None:
+                cert_wait_timeout: float = 300.0, rotator: CertRotator | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -166,10 +170,12 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     cert = ServingCertificate(options.webhook_cert_dir, options.tls_min_version, handler.metrics)
-    health = Health(cert, handler.source)
+    health = Health(cert, handler.source, rotator)
     runners = [await _start(health_app(health), parse_addr(options.health_addr)),
                await _start(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
     handler.source.start()
+    if rotator is not None:
+        rotator.start()
     try:
         deadline = loop.time() + cert_wait_timeout
         while not cert.refresh() and not stop.is_set():
@@ -193,3 +199,5 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
         for runner in runners:
             await runner.cleanup()
         handler.source.stop()
+        if rotator is not None:
+            rotator.stop()

@@ -1,0 +1,172 @@
+"""Self-managed certificates (the chart's default mode, like the reference's cert-controller).
+
+Each replica runs a `CertRotator` thread. It keeps a CA and a serving certificate in the webhook's Secret (keys
+`ca.crt`, `ca.key`, `tls.crt`, `tls.key`) and the CA in every webhook's `clientConfig.caBundle` of the
+MutatingWebhookConfiguration. Replicas coordinate through optimistic concurrency: writes are `replace` calls that
+carry the resourceVersion that was read, so when two replicas race, one gets 409 Conflict, re-reads and finds the
+winner's certificate valid. The Secret reaches the pods through its volume; the server's reloader picks it up.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from webhook import certs
+
+log = logging.getLogger("rotation")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """A Go-style duration (`12h`, `90m`, `1h30m`, `45s`) or a plain number of seconds, as seconds."""
+    value = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    if not value or not re.fullmatch(rf"(?:{_DURATION.pattern})+", value):
+        raise ValueError(f"{text!r} is not a duration; use e.g. 12h, 90m, 1h30m or 45s")
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[unit] for n, unit in _DURATION.findall(value))
+
+
+@dataclass(frozen=True)
+class RotationSettings:
+    namespace: str
+    secret_name: str
+    webhook_config_name: str
+    hosts: list[str]
+    renew_before: float = 90 * 86400.0
+    check_interval: float = 12 * 3600.0
+
+
+def _valid_until(pem: bytes | None) -> dt.datetime | None:
+    if not pem:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    except ValueError:
+        return None
+
+
+def _serving_matches(serving_pem: bytes | None, ca_pem: bytes, hosts: list[str]) -> bool:
+    """True when the serving cert is signed by this CA and names every host."""
+    if not serving_pem:
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(serving_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+        names = {str(n.value) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    return set(hosts) <= names
+
+
+def plan_bundle(data: dict[str, bytes], hosts: list[str], renew_before: float,
+                now: dt.datetime | None = None) -> dict[str, bytes] | None:
+    """Return the new Secret data when the CA or serving cert must be (re)generated, else None. Pure."""
+    now = now or dt.datetime.now(dt.UTC)
+    horizon = now + dt.timedelta(seconds=renew_before)
+    ca_until = _valid_until(data.get("ca.crt"))
+    if ca_until is None or not data.get("ca.key") or ca_until <= horizon:
+        ca = certs.generate_ca()
+    else:
+        ca = certs.KeyPair(data["ca.crt"], data["ca.key"])
+        tls_until = _valid_until(data.get("tls.crt"))
+        if (tls_until is not None and tls_until > horizon and data.get("tls.key")
+                and _serving_matches(data.get("tls.crt"), ca.cert_pem, hosts)):
+            return None
+    serving = certs.generate_serving(ca, hosts)
+    return {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "tls.crt": serving.cert_pem, "tls.key": serving.key_pem}
+
+
+class CertRotator:
+    """Keeps the Secret and the webhook configuration's caBundle current; runs in its own thread."""
+
+    def __init__(self, api_client: Any, settings: RotationSettings) -> None:
+        from kubernetes import client
+
+        self._core: Any = client.CoreV1Api(api_client)
+        self._admission: Any = client.AdmissionregistrationV1Api(api_client)
+        self.settings = settings
+        self.done_once = threading.Event()
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cert-rotator", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+                self.done_once.set()
+                self.last_error = ""
+                delay = 1.0
+                self._stop.wait(self.settings.check_interval)
+            except Exception as exc:  # API errors: retry with back-off, keep serving the current certificate
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("certificate rotation failed; retrying", extra={"error": self.last_error})
+                self._stop.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+    def reconcile(self) -> None:
+        """One pass: ensure a valid bundle in the Secret (compare-and-swap), then the caBundle in the MWC."""
+        from kubernetes.client.exceptions import ApiException
+
+        s = self.settings
+        for _ in range(5):
+            secret = self._core.read_namespaced_secret(s.secret_name, s.namespace)
+            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            bundle = plan_bundle(data, s.hosts, s.renew_before)
+            if bundle is None:
+                ca_pem = data["ca.crt"]
+                break
+            secret.data = {k: base64.b64encode(v).decode() for k, v in bundle.items()}
+            try:
+                self._core.replace_namespaced_secret(s.secret_name, s.namespace, secret)  # carries resourceVersion
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # another replica rotated first: re-read and validate its bundle
+                raise
+            log.info("generated webhook certificates", extra={"secret": f"{s.namespace}/{s.secret_name}"})
+            ca_pem = bundle["ca.crt"]
+            break
+        else:
+            raise RuntimeError(f"secret {s.namespace}/{s.secret_name} kept changing; giving up this round")
+        self._inject_ca(ca_pem)
+
+    def _inject_ca(self, ca_pem: bytes) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        wanted = base64.b64encode(ca_pem).decode()
+        for _ in range(5):
+            config = self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)
+            stale = [w for w in config.webhooks or [] if w.client_config.ca_bundle != wanted]
+            if not stale:
+                return
+            for hook in stale:
+                hook.client_config.ca_bundle = wanted
+            try:
+                self._admission.replace_mutating_webhook_configuration(self.settings.webhook_config_name, config)
+                log.info("injected CA bundle", extra={"webhook-configuration": self.settings.webhook_config_name})
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        raise RuntimeError("mutating webhook configuration kept changing; giving up this round")
