@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.support import (
@@ -423,6 +424,7 @@ def test_unknown_fields_survive_and_no_remove_ops() -> None:
         del out["spec"][key]
     for container in out["spec"]["initContainers"] + out["spec"]["containers"]:
         del container["env"], container["volumeMounts"]
+    del out["metadata"]["annotations"]
     assert out == original
 
 
@@ -446,8 +448,10 @@ def test_no_spec_at_all() -> None:
     out = apply(original, result)
     assert out["spec"]["volumes"][0]["name"] == volume_name_for("p")
     assert out["metadata"]["namespace"] == "ns"
-    result = mutate_pod({"kind": "Pod"}, "ns", annotated_sa(), config())
+    result = mutate_pod({"kind": "Pod"}, "ns", annotated_sa(), config(status_annotation=False))
     assert apply({"kind": "Pod"}, result)["metadata"] == {"namespace": "ns"}
+    result = mutate_pod({"kind": "Pod"}, "ns", annotated_sa(), config())
+    assert set(apply({"kind": "Pod"}, result)["metadata"]["annotations"]) == {"wi-webhook/status"}
 
 
 def test_null_lists_are_treated_as_absent() -> None:
@@ -488,3 +492,31 @@ def test_validate_helper_rejects_unknown_fields() -> None:
     with pytest.raises(Exception, match="futureField"):
         validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                   "spec": {"containers": [{"name": "a", "image": "x"}], "futureField": 1}})
+
+
+# Status annotation (wi-webhook/status) --------------------------------------------------------------------------
+def test_status_annotation_records_what_was_injected() -> None:
+    out, result = mutated(pod(annotations={"keep": "me"}), cfg=config(webhook_version="1.2.3"))
+    assert out["metadata"]["annotations"]["keep"] == "me"
+    status = orjson.loads(out["metadata"]["annotations"]["wi-webhook/status"])
+    assert status == {"version": "1.2.3", "env": FOUR, "volume": result.volume_name,
+                      "mountPath": "/var/run/secrets/azure/wi", "serviceAccount": "sa",
+                      "annotationsHash": status["annotationsHash"]}
+    assert len(status["annotationsHash"]) == 12
+    assert {"op": "add", "path": "/metadata/annotations/wi-webhook~1status",
+            "value": out["metadata"]["annotations"]["wi-webhook/status"]} in result.patch
+
+
+def test_status_hash_follows_service_account_annotations() -> None:
+    first, _ = mutated(pod(), sa_info=annotated_sa())
+    second, _ = mutated(pod(), sa_info=annotated_sa(client_id="11111111-1111-1111-1111-111111111111"))
+    assert orjson.loads(first["metadata"]["annotations"]["wi-webhook/status"])["annotationsHash"] != \
+        orjson.loads(second["metadata"]["annotations"]["wi-webhook/status"])["annotationsHash"]
+    # A stale status (SA edited, pod re-admitted) is replaced, not duplicated.
+    result = mutate_pod(first, "ns", annotated_sa(client_id="11111111-1111-1111-1111-111111111111"), config())
+    assert [op["op"] for op in result.patch if "status" in op["path"]] == ["replace"]
+
+
+def test_status_annotation_can_be_disabled() -> None:
+    out, _ = mutated(pod(), cfg=config(status_annotation=False))
+    assert "annotations" not in out["metadata"]

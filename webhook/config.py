@@ -57,6 +57,8 @@ class MutationConfig(BaseModel):
     custom_endpoint: CustomTokenEndpoint | None = None
     proxy_resources: dict[str, Any] | None = None
     proxy_init_resources: dict[str, Any] | None = None
+    status_annotation: bool = True
+    webhook_version: str = ""
 
 
 ENV_NAMES = (
@@ -103,6 +105,8 @@ class WebhookOptions(BaseModel):
     custom_token_endpoint_audience: str = ""
     log_level: LogLevel = ""
     native_sidecar: NativeSidecar = "auto"
+    status_annotation: bool = True
+    policy: str | None = None
 
     @field_validator("log_level", "native_sidecar", mode="before")
     @classmethod
@@ -131,7 +135,6 @@ class ServeOptions(WebhookOptions):
     cert_check_rotation_interval: str = "12h"
     cert_renew_before: str = "2160h"
     cert_host: list[str] = Field(default_factory=list)
-    policy: str | None = None
 
     @field_validator("cert_check_rotation_interval", "cert_renew_before")
     @classmethod
@@ -243,7 +246,7 @@ def _resources(name: str, raw: str | None) -> dict[str, Any] | None:
 
 
 def build_mutation_config(options: WebhookOptions, environ: Mapping[str, str], *, native_sidecar: bool,
-                          require_tenant: bool = True) -> MutationConfig:
+                          require_tenant: bool = True, webhook_version: str = "") -> MutationConfig:
     """Validate env + flags into a MutationConfig, raising ConfigError that names the bad setting."""
     env = read_environment(environ)
     tenant = env.get("AZURE_TENANT_ID", "")
@@ -265,6 +268,8 @@ def build_mutation_config(options: WebhookOptions, environ: Mapping[str, str], *
         custom_endpoint=_custom_endpoint(options, env),
         proxy_resources=_resources("PROXY_RESOURCES", env.get("PROXY_RESOURCES")),
         proxy_init_resources=_resources("PROXY_INIT_RESOURCES", env.get("PROXY_INIT_RESOURCES")),
+        status_annotation=options.status_annotation,
+        webhook_version=webhook_version,
     )
 
 

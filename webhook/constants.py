@@ -47,3 +47,4 @@ DEFAULT_PROXY_INIT_IMAGE: Final = f"{DEFAULT_IMAGE_REGISTRY}/proxy-init:{REFEREN
 
 NATIVE_SIDECAR_MIN_VERSION: Final = (1, 32)
 MUTATE_PATH: Final = "/mutate-v1-pod"
+STATUS_ANNOTATION: Final = "wi-webhook/status"

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from webhook.config import MutationConfig
 from webhook.constants import (
     CA_FILE_PATH,
@@ -41,6 +43,7 @@ from webhook.constants import (
     PROXY_INIT_CONTAINER_NAME,
     PROXY_PORT_ANNOTATION,
     SKIP_CONTAINERS_ANNOTATION,
+    STATUS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
     TOKEN_FILE_PATH,
@@ -158,8 +161,10 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
     result = MutationResult(volume_name=volume["name"], env_names=[name for name, _ in env],
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
     ops = result.patch
+    status = status_annotation(sa, result, config) if config.status_annotation else None
     if "metadata" not in pod or pod["metadata"] is None:
         ops.append({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}})
+        metadata = {"namespace": ref.namespace}
     elif metadata.get("namespace") != ref.namespace:
         ops.append({"op": "replace" if "namespace" in metadata else "add", "path": "/metadata/namespace",
                     "value": ref.namespace})
@@ -180,7 +185,30 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
             ops.extend(injector.inject_existing(container, f"{editor.path}/{index}"))
 
     _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
+    if status is not None:
+        ops.extend(_annotation_ops(metadata, STATUS_ANNOTATION, status))
     return result
+
+
+def status_annotation(sa: ServiceAccountInfo, result: MutationResult, config: MutationConfig) -> str:
+    """`wi-webhook/status`: what was injected and from which ServiceAccount annotations (short hash).
+
+    Deterministic for the same inputs, so reinvocation stays a no-op; `check --cluster` can compare the hash with
+    the ServiceAccount's current annotations to find pods running with a stale identity.
+    """
+    digest = hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return orjson.dumps({"version": config.webhook_version, "env": result.env_names, "volume": result.volume_name,
+                         "mountPath": MOUNT_PATH, "serviceAccount": sa.name, "annotationsHash": digest}).decode()
+
+
+def _annotation_ops(metadata: Mapping[str, Any], key: str, value: str) -> list[PatchOp]:
+    annotations = metadata.get("annotations")
+    if annotations is None:
+        return [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}]
+    if annotations.get(key) == value:
+        return []
+    return [{"op": "replace" if key in annotations else "add", "path": f"/metadata/annotations/{_escape(key)}",
+             "value": value}]
 
 
 def wants_proxy(annotations: Mapping[str, str]) -> bool:
