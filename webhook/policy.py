@@ -187,10 +187,29 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
         lines = [f"{source}: invalid policy:"]
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            message = "unknown key; allowed keys are listed in README 'Policy'" \
+            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(error['loc'][:-1]))}" \
                 if error["type"] == "extra_forbidden" else error["msg"]
             lines.append(f"  {where}: {message}")
         raise PolicyError("\n".join(lines)) from None
+
+
+def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
+    """The keys the policy accepts at a location (for 'unknown key' errors)."""
+    model: type[BaseModel] = Policy
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        for name, info in model.model_fields.items():
+            if part in (name, info.alias):
+                annotation = info.annotation
+                candidates = [annotation, *getattr(annotation, "__args__", ())]
+                for candidate in candidates:
+                    inner = getattr(candidate, "__args__", (candidate,))
+                    found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+                    if found:
+                        model = found[0]
+                        break
+    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,200 @@
+"""Policy rules WI001-WI010, modes, namespace overrides, the policy file, and the combined admission decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import CLIENT, annotated_sa, config, pod, sa
+from webhook.policy import (
+    RULES,
+    Mode,
+    NamespaceInfo,
+    Policy,
+    PolicyError,
+    admission_warnings,
+    admit,
+    check_service_account,
+    namespace_overrides,
+    parse_policy,
+)
+
+WI = "azure.workload.identity"
+
+
+def rules_of(decision: Any) -> dict[str, Mode]:
+    return {f.rule: f.mode for f in decision.findings}
+
+
+def test_clean_pod_has_no_findings() -> None:
+    decision = admit(pod(), "ns", annotated_sa(), config())
+    assert decision.findings == [] and decision.denial is None and decision.result.patch
+
+
+def test_wi001_missing_client_id_warns_by_default() -> None:
+    decision = admit(pod(), "ns", sa(), config())
+    assert rules_of(decision) == {"WI001": Mode.WARN}
+    assert decision.denial is None and decision.result.patch  # still mutated, like the reference
+    assert decision.warnings == [f"WI001 missing-client-id: ServiceAccount ns/sa has no {WI}/client-id; "
+                                 "AZURE_CLIENT_ID is not injected"]
+
+
+def test_wi002_invalid_client_id() -> None:
+    decision = admit(pod(), "ns", annotated_sa(client_id="my-app"), config())
+    assert rules_of(decision) == {"WI002": Mode.WARN}
+
+
+def test_wi003_invalid_tenant_from_annotation_or_config() -> None:
+    assert rules_of(admit(pod(), "ns", annotated_sa(**{f"{WI}/tenant-id": "contoso"}), config())) == \
+        {"WI003": Mode.WARN}
+    assert rules_of(admit(pod(), "ns", annotated_sa(), config(tenant_id="contoso.onmicrosoft.com"))) == \
+        {"WI003": Mode.WARN}
+
+
+IDENTITIES = {"identities": [{"clientId": CLIENT, "namespaces": ["team-a", "team-a-*"], "serviceAccounts": ["api"]}]}
+
+
+def test_wi004_identity_allow_list_enforced() -> None:
+    policy = parse_policy(IDENTITIES)
+    allowed = admit(pod(sa_name="api"), "team-a-dev", annotated_sa(name="api", namespace="team-a-dev"), config(),
+                    policy)
+    assert allowed.findings == [] and allowed.denial is None
+    denied = admit(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), policy)
+    assert denied.denial is not None and denied.denial.code == 403
+    assert denied.denial.message.startswith(f"WI004 identity-not-allowed: ServiceAccount team-b/api may not use "
+                                            f"identity {CLIENT}")
+    assert "fix:" in denied.denial.message and denied.result.patch == []
+    other_sa = admit(pod(sa_name="worker"), "team-a", annotated_sa(name="worker", namespace="team-a"), config(),
+                     policy)
+    assert rules_of(other_sa) == {"WI004": Mode.ENFORCE}
+
+
+def test_wi005_env_conflict_only_for_different_literal_values() -> None:
+    containers = [{"name": "app", "image": "x", "env": [{"name": "AZURE_CLIENT_ID", "value": "other"}]},
+                  {"name": "same", "image": "x", "env": [{"name": "AZURE_CLIENT_ID", "value": CLIENT}]},
+                  {"name": "ref", "image": "x", "env": [{"name": "AZURE_TENANT_ID", "valueFrom": {
+                      "configMapKeyRef": {"name": "c", "key": "k"}}}]}]
+    decision = admit(pod(containers=containers), "ns", annotated_sa(), config())
+    assert [(f.rule, f.container) for f in decision.findings] == [("WI005", "app")]
+
+
+def test_wi006_unknown_skip_container() -> None:
+    decision = admit(pod(annotations={f"{WI}/skip-containers": "sidecar;app2"}), "ns", annotated_sa(), config())
+    assert sorted(f.container for f in decision.findings if f.rule == "WI006") == ["app2", "sidecar"]
+    decision = admit(pod(annotations={f"{WI}/skip-containers": "azwi-proxy"}), "ns", annotated_sa(), config())
+    assert decision.findings == []
+
+
+def test_wi007_reference_range_always_denied_even_when_off() -> None:
+    policy = parse_policy({"modes": {"WI007": "off"}})
+    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "60"}), "ns", annotated_sa(),
+                     config(), policy)
+    assert decision.denial is not None and "between 3600 and 86400" in decision.denial.message
+    assert rules_of(decision) == {"WI007": Mode.ENFORCE}
+
+
+def test_wi007_stricter_policy_bounds() -> None:
+    policy = parse_policy({"tokenExpiration": {"max": 7200}})
+    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
+                     config(), policy)
+    assert decision.denial is not None and "WI007 token-expiration" in decision.denial.message
+    warn = parse_policy({"tokenExpiration": {"max": 7200}, "modes": {"token-expiration": "warn"}})
+    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
+                     config(), warn)
+    assert decision.denial is None and rules_of(decision) == {"WI007": Mode.WARN}
+
+
+def test_wi008_namespace_rules() -> None:
+    deny = parse_policy({"namespaces": {"deny": ["kube-*"]}})
+    assert admit(pod(), "kube-public", annotated_sa(namespace="kube-public"), config(), deny).denial is not None
+    assert admit(pod(), "apps", annotated_sa(namespace="apps"), config(), deny).denial is None
+    allow = parse_policy({"namespaces": {"allow": ["prod-*"]}})
+    assert rules_of(admit(pod(), "dev", annotated_sa(namespace="dev"), config(), allow)) == {"WI008": Mode.ENFORCE}
+    assert admit(pod(), "prod-1", annotated_sa(namespace="prod-1"), config(), allow).findings == []
+
+
+def test_wi009_missing_service_account_always_enforced() -> None:
+    decision = admit(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "off"}}))
+    assert decision.denial is not None and decision.denial.message == 'serviceaccounts "ghost" not found'
+    assert rules_of(decision) == {"WI009": Mode.ENFORCE}
+
+
+def test_wi010_nothing_injected() -> None:
+    decision = admit(pod(annotations={f"{WI}/skip-containers": "app"}), "ns", annotated_sa(), config())
+    assert rules_of(decision) == {"WI010": Mode.WARN}
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_every_mode(mode: Mode) -> None:
+    decision = admit(pod(), "ns", sa(), config(), parse_policy({"modes": {"missing-client-id": mode.value}}))
+    if mode is Mode.OFF:
+        assert decision.findings == [] and decision.denial is None
+    elif mode is Mode.ENFORCE:
+        assert decision.denial is not None and decision.denial.reason == "PolicyViolation"
+        assert "WI001 missing-client-id" in decision.denial.message and decision.warnings == []
+    elif mode is Mode.WARN:
+        assert decision.denial is None and decision.warnings and decision.audit_annotations == {}
+    else:
+        assert decision.denial is None and decision.warnings == []
+        assert list(decision.audit_annotations) == ["WI001-missing-client-id"]
+
+
+def test_namespace_label_overrides_policy_and_defaults() -> None:
+    namespace = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI001.WI002", "wi-webhook/audit": "WI010"})
+    assert namespace_overrides(namespace) == {"WI001": Mode.ENFORCE, "WI002": Mode.ENFORCE, "WI010": Mode.AUDIT}
+    decision = admit(pod(), "ns", sa(), config(), Policy(), namespace)
+    assert decision.denial is not None and "WI001" in decision.denial.message
+    off = NamespaceInfo("ns", annotations={"wi-webhook/off": "all"})
+    assert admit(pod(), "ns", sa(), config(), Policy(), off).findings == []
+    ignored = parse_policy({"namespaceOverrides": False})
+    assert admit(pod(), "ns", sa(), config(), ignored, namespace).denial is None
+
+
+def test_namespace_override_cannot_weaken_reference_denials() -> None:
+    namespace = NamespaceInfo("ns", labels={"wi-webhook/off": "all"})
+    assert admit(pod(sa_name="ghost"), "ns", None, config(), Policy(), namespace).denial is not None
+
+
+def test_warnings_are_bounded() -> None:
+    from webhook.policy import Finding
+
+    findings = [Finding("WI006", Mode.WARN, "x" * 300) for _ in range(100)]
+    warnings = admission_warnings(findings)
+    assert all(len(w) <= 120 for w in warnings)
+    assert sum(len(w) for w in warnings) <= 4096
+    assert warnings[-1].startswith("…and ")
+
+
+def test_policy_file_errors_name_the_key() -> None:
+    with pytest.raises(PolicyError, match=r"identities\.0\.clientID: unknown key"):
+        parse_policy({"identities": [{"clientID": "x"}]}, "policy.yaml")
+    with pytest.raises(PolicyError, match="unknown rule 'WI999'"):
+        parse_policy({"modes": {"WI999": "warn"}})
+    with pytest.raises(PolicyError, match=r"modes\.WI001"):
+        parse_policy({"modes": {"WI001": "block"}})
+    with pytest.raises(PolicyError, match=r"tokenexpiration: unknown key; allowed keys here: apiVersion, kind, modes"):
+        parse_policy({"tokenExpiration": 5, "tokenexpiration": 1})
+    with pytest.raises(PolicyError, match=r"identities\.0\.clientID: unknown key; allowed keys here: clientId, "
+                                          "namespaces, serviceAccounts"):
+        parse_policy({"identities": [{"clientId": "x", "clientID": "x"}]})
+    with pytest.raises(PolicyError, match=r"tokenExpiration\.maxx: unknown key; allowed keys here: min, max"):
+        parse_policy({"tokenExpiration": {"maxx": 1}})
+    with pytest.raises(PolicyError, match="must not exceed"):
+        parse_policy({"tokenExpiration": {"min": 8000, "max": 4000}})
+    with pytest.raises(PolicyError, match="must be a mapping"):
+        parse_policy(["x"])
+
+
+def test_rule_catalogue_is_complete() -> None:
+    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 11)]
+    assert all(rule.fix for rule in RULES.values())
+
+
+def test_service_account_validation() -> None:
+    bad = annotated_sa(client_id="oops", **{f"{WI}/tenant-id": "t", f"{WI}/service-account-token-expiration": "1h"})
+    findings = check_service_account(bad, config())
+    assert {(f.rule, f.mode) for f in findings} == {("WI002", Mode.WARN), ("WI003", Mode.WARN),
+                                                    ("WI007", Mode.ENFORCE)}
+    assert check_service_account(annotated_sa(), config()) == []
+    assert check_service_account(sa(), config()) == []  # no client-id is not a ServiceAccount error
