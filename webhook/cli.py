@@ -32,7 +32,9 @@ from webhook.config import (
 )
 from webhook.constants import NATIVE_SIDECAR_MIN_VERSION
 from webhook.manifests import ManifestError, load
-from webhook.mutation import mutate_pod, pod_ref
+from webhook.mutation import pod_ref
+from webhook.policy import PolicyError, admit
+from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ClusterServiceAccounts, ServiceAccountSource, StaticServiceAccounts
 
 
@@ -54,6 +56,9 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="", help='"" (warnings), info, debug, trace or all')
     parser.add_argument("--native-sidecar", default="auto", help="auto|true|false: proxy as a native sidecar "
                         "(auto: API server >= 1.32; offline: classic)")
+    parser.add_argument("--policy", default=None, metavar="FILE", help="policy file (YAML); see README 'Policy'")
+    parser.add_argument("--status-annotation", default="true", choices=("true", "false"),
+                        help="add the wi-webhook/status annotation to injected pods")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(model: type[WebhookOptions], args: argparse.Namespace) -> Any:
     values = {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+    if "status_annotation" in values:
+        values["status_annotation"] = values["status_annotation"] == "true"
     try:
         return model(**values)
     except ValidationError as exc:
@@ -124,8 +131,16 @@ def _options(model: type[WebhookOptions], args: argparse.Namespace) -> Any:
 
 def _config(options: WebhookOptions, native_sidecar: bool) -> MutationConfig:
     try:
-        return build_mutation_config(options, os.environ, native_sidecar=native_sidecar)
+        return build_mutation_config(options, os.environ, native_sidecar=native_sidecar,
+                                     webhook_version=package_version())
     except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _policy(options: WebhookOptions) -> PolicyFile:
+    try:
+        return PolicyFile(options.policy)
+    except PolicyError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -162,6 +177,7 @@ def run_serve(args: argparse.Namespace) -> int:
     options: ServeOptions = _options(ServeOptions, args)
     logs.setup(options.log_level)
     _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
+    policy = _policy(options)
     metrics = Metrics()
     source: ServiceAccountSource
     rotator = None
@@ -180,7 +196,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                         client_factory=lambda: _api_client(options.kubeconfig))
         if not options.disable_cert_rotation:
             rotator = _rotator(api, options)
-    handler = AdmissionHandler(_config(options, native), source, metrics)
+    handler = AdmissionHandler(_config(options, native), source, metrics, policy)
     asyncio.run(serve(options, handler, rotator=rotator))
     return 0
 
@@ -200,6 +216,7 @@ def _rotator(api: Any, options: ServeOptions) -> Any:
 def run_mutate(args: argparse.Namespace) -> int:
     options: WebhookOptions = _options(WebhookOptions, args)
     config = _config(options, native_sidecar=options.native_sidecar == "true")
+    policy = _policy(options).current
     source = _static_source(args.objects)
     try:
         manifests = load(args.filename)
@@ -217,7 +234,11 @@ def run_mutate(args: argparse.Namespace) -> int:
             ref = pod_ref(pod, namespace)
         except ValueError as exc:
             raise UsageError(f"{manifest.source}: {exc}") from None
-        result = mutate_pod(pod, namespace, source.lookup(ref.namespace, ref.service_account).sa, config)
+        decision = admit(pod, namespace, source.lookup(ref.namespace, ref.service_account).sa, config, policy,
+                         source.namespace_now(ref.namespace))
+        result = decision.result
+        for warning in decision.warnings:
+            print(f"wi-webhook: {manifest.source}: pod {ref.name}: warning: {warning}", file=sys.stderr)
         if result.denial is not None:
             denied += 1
             print(f"wi-webhook: {manifest.source}: pod {ref.name} denied: {result.denial.message}", file=sys.stderr)

@@ -47,4 +47,5 @@ DEFAULT_PROXY_INIT_IMAGE: Final = f"{DEFAULT_IMAGE_REGISTRY}/proxy-init:{REFEREN
 
 NATIVE_SIDECAR_MIN_VERSION: Final = (1, 32)
 MUTATE_PATH: Final = "/mutate-v1-pod"
+VALIDATE_SA_PATH: Final = "/validate-v1-serviceaccount"
 STATUS_ANNOTATION: Final = "wi-webhook/status"

@@ -37,5 +37,7 @@ class Metrics:
                                   registry=self.registry)
         self.watch_errors = Counter("wi_webhook_serviceaccount_watch_errors",
                                     "Failed list/watch calls against the API server.", registry=self.registry)
+        self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",
+                                ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",
                                     ["result"], registry=self.registry)

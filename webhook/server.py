@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,9 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.admission import BadReview, parse_review, review_response
 from webhook.config import MutationConfig, ServeOptions, parse_addr
-from webhook.constants import MUTATE_PATH
+from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
+from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
-from webhook.mutation import Denial, MutationResult, PodShapeError, mutate_pod, pod_ref
+from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref
+from webhook.policy import RULES, Decision, Finding, Mode, admit, check_service_account
+from webhook.policyfile import PolicyFile
 from webhook.rotation import CertRotator
 from webhook.serviceaccounts import ServiceAccountSource
 from webhook.tls import ServingCertificate
@@ -36,43 +40,74 @@ class AdmissionHandler:
     config: MutationConfig
     source: ServiceAccountSource
     metrics: Metrics = field(default_factory=Metrics)
+    policy: PolicyFile = field(default_factory=lambda: PolicyFile(None))
 
     async def review(self, body: bytes) -> bytes:
         """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
         started = time.perf_counter()
         request = parse_review(body)
-        result = await self._mutate(request.pod, request.namespace)
+        decision = await self._decide(request.pod, request.namespace)
+        result = decision.result
+        self._record(decision.findings, request.uid, request.namespace, _pod_name(request.pod))
         if result.denial is not None:
-            decision = "denied"
+            outcome = "denied"
             log.warning("pod denied", extra={"uid": request.uid, "namespace": request.namespace,
                                             "pod": _pod_name(request.pod), "reason": result.denial.reason,
                                             "error": result.denial.message, "dry-run": request.dry_run})
         else:
-            decision = "mutated" if result.patch else "skipped"
+            outcome = "mutated" if result.patch else "skipped"
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace,
-                                                 "pod": _pod_name(request.pod), "decision": decision,
+                                                 "pod": _pod_name(request.pod), "decision": outcome,
                                                  "containers": result.injected_containers,
                                                  "skipped": result.skipped_containers})
-        answer = review_response(request, result)
+        answer = review_response(request, result, decision.warnings, decision.audit_annotations)
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(decision, request.namespace).inc()
+        self.metrics.requests.labels(outcome, request.namespace).inc()
         self.metrics.duration.observe(elapsed)
         self.metrics.reference_duration.labels(request.namespace, "webhook").observe(elapsed)
         return answer
 
-    async def _mutate(self, pod: object, namespace: str) -> MutationResult:
+    async def _decide(self, pod: object, namespace: str) -> Decision:
         try:
             ref = pod_ref(pod, namespace)
         except PodShapeError as exc:
-            return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
+            return Decision(MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod")))
         lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
-            return MutationResult(denial=Denial(
+            return Decision(MutationResult(denial=Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
                 "(the API server could not be reached in time; retry the request)",
-                reason="ServiceAccountLookupFailed", code=500))
-        return mutate_pod(pod, ref.namespace, lookup.sa, self.config)
+                reason="ServiceAccountLookupFailed", code=500)))
+        policy = self.policy.current
+        namespace_info = await self.source.namespace(ref.namespace) if policy.namespace_overrides else None
+        return admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info)
+
+    def _record(self, findings: list[Finding], uid: str, namespace: str, name: str) -> None:
+        for finding in findings:
+            self.metrics.findings.labels(finding.rule, finding.mode.value).inc()
+            if finding.mode is Mode.AUDIT:
+                log.info("policy audit finding", extra={"uid": uid, "namespace": namespace, "object": name,
+                                                        "rule": finding.rule, "finding": finding.message})
+
+    async def validate_service_account(self, body: bytes) -> bytes:
+        """The optional ServiceAccount validator: WI002/WI003/WI007 at `kubectl apply` time."""
+        request = parse_review(body)
+        obj = request.pod
+        result = MutationResult()
+        findings: list[Finding] = []
+        if isinstance(obj, dict) and obj.get("kind") in (None, "ServiceAccount"):
+            sa = service_account_info(obj, request.namespace or "default")
+            policy = self.policy.current
+            namespace_info = await self.source.namespace(sa.namespace) if policy.namespace_overrides else None
+            findings = check_service_account(sa, self.config, policy, namespace_info)
+            self._record(findings, request.uid, sa.namespace, sa.name)
+            enforced = [f for f in findings if f.mode is Mode.ENFORCE]
+            if enforced:
+                result = MutationResult(denial=Denial("; ".join(f"{f.text()} (fix: {RULES[f.rule].fix})"
+                                                                for f in enforced), "PolicyViolation", 403))
+        decision = Decision(result, findings)
+        return review_response(request, result, decision.warnings, decision.audit_annotations)
 
 
 def _pod_name(pod: object) -> str:
@@ -88,6 +123,12 @@ def json_error(status: int, message: str) -> web.Response:
 
 def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Application:
     async def mutate(request: web.Request) -> web.Response:
+        return await _answer(request, handler.review)
+
+    async def validate_sa(request: web.Request) -> web.Response:
+        return await _answer(request, handler.validate_service_account)
+
+    async def _answer(request: web.Request, answer_with: Callable[[bytes], Awaitable[bytes]]) -> web.Response:
         if request.content_type != "application/json":
             return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
         try:
@@ -96,7 +137,7 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Applic
             return json_error(413, f"request body larger than the configured limit of {max_request_bytes} bytes "
                                    "(--max-request-bytes)")
         try:
-            answer = await handler.review(body)
+            answer = await answer_with(body)
         except BadReview as exc:
             handler.metrics.requests.labels("error", "").inc()
             return json_error(400, str(exc))
@@ -104,6 +145,7 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Applic
 
     app = web.Application(client_max_size=max_request_bytes)
     app.router.add_post(MUTATE_PATH, mutate)
+    app.router.add_post(VALIDATE_SA_PATH, validate_sa)
     return app
 
 
@@ -193,6 +235,7 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=options.cert_check_interval)
             cert.refresh()
+            handler.policy.refresh()
         health.shutting_down = True
         log.info("shutting down: no new connections, finishing in-flight reviews")
     finally:

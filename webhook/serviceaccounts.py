@@ -1,29 +1,16 @@
-"""Where ServiceAccounts come from: an offline file set, or a cluster (list+watch cache with a live fallback).
-
-The cluster cache runs the blocking `kubernetes` client in its own thread and only shares a dict with the event
-loop (single assignments under the GIL; a relist swaps the whole dict), so a request never waits on the API
-server unless the cache misses — then one bounded live GET runs in a small thread pool. That fallback covers the
-"ServiceAccount created together with the pod" race.
-"""
+"""Where ServiceAccounts (and namespaces, for policy overrides) come from: manifests, or the cluster."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
+from webhook.cache import ListWatchCache, LookupFailed, core_api
 from webhook.manifests import Manifest, service_account_info
 from webhook.metrics import Metrics
 from webhook.mutation import ServiceAccountInfo
-
-log = logging.getLogger("serviceaccounts")
+from webhook.policy import OVERRIDE_PREFIX, NamespaceInfo
 
 Key = tuple[str, str]
 
@@ -40,6 +27,8 @@ class Lookup:
 class ServiceAccountSource(Protocol):
     async def get(self, namespace: str, name: str) -> Lookup: ...
 
+    async def namespace(self, name: str) -> NamespaceInfo | None: ...
+
     def ready(self) -> tuple[bool, str]: ...
 
     def start(self) -> None: ...
@@ -47,22 +36,48 @@ class ServiceAccountSource(Protocol):
     def stop(self) -> None: ...
 
 
-class StaticServiceAccounts:
-    """ServiceAccounts read from manifests (`--objects`): the embedded default for local runs and CI."""
+def namespace_info(obj: dict[str, Any]) -> NamespaceInfo:
+    """Shrink a Namespace to its name and `wi-webhook/*` labels and annotations (policy overrides)."""
+    metadata = obj.get("metadata") or {}
 
-    def __init__(self, accounts: Iterable[ServiceAccountInfo]) -> None:
+    def ours(values: Any) -> dict[str, str]:
+        if not isinstance(values, dict):
+            return {}
+        return {k: str(v) for k, v in values.items() if isinstance(k, str) and k.startswith(OVERRIDE_PREFIX)}
+
+    return NamespaceInfo(str(metadata.get("name") or ""), ours(metadata.get("labels")),
+                         ours(metadata.get("annotations")))
+
+
+class StaticServiceAccounts:
+    """ServiceAccounts (and Namespaces) read from manifests (`--objects`): the default for local runs and CI."""
+
+    def __init__(self, accounts: Iterable[ServiceAccountInfo], namespaces: Iterable[NamespaceInfo] = ()) -> None:
         self._store: dict[Key, ServiceAccountInfo] = {(sa.namespace, sa.name): sa for sa in accounts}
+        self._namespaces = {ns.name: ns for ns in namespaces}
 
     @classmethod
-    def from_manifests(cls, manifests: Iterable[Manifest]) -> StaticServiceAccounts:
-        return cls(service_account_info(m.obj) for m in manifests if m.obj.get("kind") == "ServiceAccount")
+    def from_manifests(cls, manifests: Iterable[Manifest], default_namespace: str = "default"
+                       ) -> StaticServiceAccounts:
+        objs = [m.obj for m in manifests]
+        return cls((service_account_info(o, default_namespace) for o in objs if o.get("kind") == "ServiceAccount"),
+                   (namespace_info(o) for o in objs if o.get("kind") == "Namespace"))
+
+    def add(self, sa: ServiceAccountInfo) -> None:
+        self._store[(sa.namespace, sa.name)] = sa
 
     def lookup(self, namespace: str, name: str) -> Lookup:
         sa = self._store.get((namespace, name))
         return Lookup(sa, "cache" if sa else "missing")
 
+    def namespace_now(self, name: str) -> NamespaceInfo | None:
+        return self._namespaces.get(name)
+
     async def get(self, namespace: str, name: str) -> Lookup:
         return self.lookup(namespace, name)
+
+    async def namespace(self, name: str) -> NamespaceInfo | None:
+        return self._namespaces.get(name)
 
     def ready(self) -> tuple[bool, str]:
         return True, f"{len(self._store)} ServiceAccounts loaded from files"
@@ -77,191 +92,109 @@ class StaticServiceAccounts:
         return len(self._store)
 
 
-def _info(obj: dict[str, Any]) -> ServiceAccountInfo:
-    return service_account_info(obj, default_namespace="")
+class _ServiceAccountCache(ListWatchCache[Key, ServiceAccountInfo]):
+    kind = "ServiceAccount"
+
+    def __init__(self, api_client: Any, metrics: Metrics, factory: Callable[[], Any] | None, **kw: Any) -> None:
+        self._core, self._live = core_api(api_client, factory)
+        self._metrics = metrics
+        super().__init__(**kw)
+
+    def _list_call(self, **kwargs: Any) -> Any:
+        return self._core.list_service_account_for_all_namespaces(**kwargs)
+
+    def _read_call(self, key: Key, timeout: float) -> Any:
+        return self._live.read_namespaced_service_account(key[1], key[0], _preload_content=False,
+                                                          _request_timeout=timeout)
+
+    def _shrink(self, obj: dict[str, Any]) -> tuple[Key, ServiceAccountInfo]:
+        sa = service_account_info(obj, default_namespace="")
+        return (sa.namespace, sa.name), sa
+
+    def _on_state(self, connected: bool, size: int) -> None:
+        self._metrics.cache_synced.set(1 if connected else 0)
+        self._metrics.cache_size.set(size)
+        if not connected:
+            self._metrics.watch_errors.inc()
+
+
+class _NamespaceCache(ListWatchCache[str, NamespaceInfo]):
+    kind = "Namespace"
+
+    def __init__(self, api_client: Any, factory: Callable[[], Any] | None, **kw: Any) -> None:
+        self._core, self._live = core_api(api_client, factory)
+        super().__init__(**kw)
+
+    def _list_call(self, **kwargs: Any) -> Any:
+        return self._core.list_namespace(**kwargs)
+
+    def _read_call(self, key: str, timeout: float) -> Any:
+        return self._live.read_namespace(key, _preload_content=False, _request_timeout=timeout)
+
+    def _shrink(self, obj: dict[str, Any]) -> tuple[str, NamespaceInfo]:
+        info = namespace_info(obj)
+        return info.name, info
 
 
 class ClusterServiceAccounts:
-    """A cluster-wide ServiceAccount cache: paginated list, then watch from the list's resourceVersion.
-
-    Watches resume from the last seen resourceVersion (bookmarks keep it fresh), a 410 Gone triggers a relist,
-    and errors back off exponentially up to `max_backoff`. Readiness means "listed at least once": during an API
-    server outage the cached ServiceAccounts keep being served and `connected` (and its metric) turns false.
-    """
+    """ServiceAccounts from the cluster; Namespaces too when policy namespace overrides are enabled."""
 
     def __init__(self, api_client: Any, metrics: Metrics, *, lookup_timeout: float = 2.0,
-                 watch_timeout: int = 240, page_size: int = 500, max_backoff: float = 30.0,
-                 client_factory: Callable[[], Any] | None = None) -> None:
-        from kubernetes import client
-
-        # Any: the calls use _preload_content=False, which returns raw urllib3 responses, not the typed models.
-        self._core: Any = client.CoreV1Api(api_client)
-        self._live: Any = client.CoreV1Api(client_factory() if client_factory else api_client)
+                 client_factory: Callable[[], Any] | None = None, watch_namespaces: bool = True,
+                 **cache_args: Any) -> None:
         self._metrics = metrics
-        self._lookup_timeout = lookup_timeout
-        self._watch_timeout = watch_timeout
-        self._page_size = page_size
-        self._max_backoff = max_backoff
-        self._store: dict[Key, ServiceAccountInfo] = {}
-        self._resource_version = ""
-        self._synced = threading.Event()
-        self._connected = False
-        self._stopping = threading.Event()
-        self._response: Any = None
-        self._thread = threading.Thread(target=self._run, name="serviceaccount-watch", daemon=True)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="serviceaccount-get")
+        self.accounts = _ServiceAccountCache(api_client, metrics, client_factory, lookup_timeout=lookup_timeout,
+                                             **cache_args)
+        self.namespaces = _NamespaceCache(api_client, client_factory, lookup_timeout=lookup_timeout,
+                                          **cache_args) if watch_namespaces else None
 
-    # -- event loop side -------------------------------------------------------------------------------------
     async def get(self, namespace: str, name: str) -> Lookup:
-        sa = self._store.get((namespace, name))
+        sa = self.accounts.cached((namespace, name))
         if sa is not None:
             self._metrics.sa_lookups.labels("cache").inc()
             return Lookup(sa, "cache")
-        loop = asyncio.get_running_loop()
         try:
-            found = await asyncio.wait_for(loop.run_in_executor(self._pool, self._read, namespace, name),
-                                           timeout=self._lookup_timeout + 0.5)
-        except Exception as exc:  # timeout, connection refused, 5xx: the caller decides (deny, fail closed)
+            found = await self.accounts.fetch((namespace, name))
+        except LookupFailed as exc:
             self._metrics.sa_lookups.labels("error").inc()
-            return Lookup(None, "error", error=f"{type(exc).__name__}: {exc}".strip())
-        if found is None:
-            self._metrics.sa_lookups.labels("missing").inc()
-            return Lookup(None, "missing")
-        self._metrics.sa_lookups.labels("live").inc()
-        self._store[(namespace, name)] = found
-        return Lookup(found, "live")
+            return Lookup(None, "error", error=str(exc))
+        self._metrics.sa_lookups.labels("live" if found else "missing").inc()
+        return Lookup(found, "live" if found else "missing")
+
+    async def namespace(self, name: str) -> NamespaceInfo | None:
+        if self.namespaces is None:
+            return None
+        cached = self.namespaces.cached(name)
+        if cached is not None:
+            return cached
+        try:
+            return await self.namespaces.fetch(name)
+        except LookupFailed:
+            return None  # no overrides rather than a denial: the rules' own modes still apply
 
     def ready(self) -> tuple[bool, str]:
-        if not self._synced.is_set():
-            return False, "ServiceAccount cache has not synced yet"
-        state = "watching" if self._connected else "API server unreachable, serving cached ServiceAccounts"
-        return True, f"{len(self._store)} ServiceAccounts cached; {state}"
+        ok, detail = self.accounts.ready()
+        if self.namespaces is not None:
+            ns_ok, ns_detail = self.namespaces.ready()
+            return ok and ns_ok, f"{detail}; {ns_detail}"
+        return ok, detail
 
     @property
     def connected(self) -> bool:
-        return self._connected
-
-    def __len__(self) -> int:
-        return len(self._store)
+        return self.accounts.connected
 
     def start(self) -> None:
-        self._thread.start()
+        self.accounts.start()
+        if self.namespaces is not None:
+            self.namespaces.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        response = self._response
-        if response is not None:
-            # Closing a socket another thread reads from may race; the stop flag ends the loop either way.
-            with contextlib.suppress(Exception):
-                response.close()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.accounts.stop()
+        if self.namespaces is not None:
+            self.namespaces.stop()
 
     def wait_synced(self, timeout: float) -> bool:
-        return self._synced.wait(timeout)
+        return self.accounts.wait_synced(timeout)
 
-    # -- watch thread ----------------------------------------------------------------------------------------
-    def _read(self, namespace: str, name: str) -> ServiceAccountInfo | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self._live.read_namespaced_service_account(
-                name, namespace, _preload_content=False, _request_timeout=self._lookup_timeout)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return _info(orjson.loads(response.data))
-
-    def _run(self) -> None:
-        backoff = 0.5
-        need_list = True
-        while not self._stopping.is_set():
-            try:
-                if need_list:
-                    self._list()
-                    need_list = False
-                need_list = self._watch()
-                backoff = 0.5
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                self._set_connected(False)
-                self._metrics.watch_errors.inc()
-                log.warning("ServiceAccount list/watch failed; retrying", extra={"error": str(exc)[:300],
-                                                                                 "retry-in": backoff})
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-
-    def _set_connected(self, value: bool) -> None:
-        self._connected = value
-        self._metrics.cache_synced.set(1 if value else 0)
-
-    def _list(self) -> None:
-        store: dict[Key, ServiceAccountInfo] = {}
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False, "_request_timeout": 60}
-            if token:
-                kwargs["_continue"] = token
-            page = orjson.loads(self._core.list_service_account_for_all_namespaces(**kwargs).data)
-            for item in page.get("items") or []:
-                sa = _info(item)
-                store[(sa.namespace, sa.name)] = sa
-            metadata = page.get("metadata") or {}
-            token = metadata.get("continue")
-            if not token:
-                self._resource_version = metadata.get("resourceVersion", "")
-                break
-        self._store = store
-        self._metrics.cache_size.set(len(store))
-        self._set_connected(True)
-        self._synced.set()
-        log.info("ServiceAccount cache listed", extra={"count": len(store), "resource-version":
-                                                       self._resource_version})
-
-    def _watch(self) -> bool:
-        """Watch until the server ends the stream; return True when a relist is needed (410 Gone)."""
-        response = self._core.list_service_account_for_all_namespaces(
-            watch=True, resource_version=self._resource_version, allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout, _preload_content=False,
-            _request_timeout=(10, self._watch_timeout + 30))
-        self._response = response
-        self._set_connected(True)
-        try:
-            for line in _lines(response):
-                if self._stopping.is_set():
-                    return False
-                event = orjson.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        log.info("ServiceAccount watch expired (410 Gone); relisting")
-                        return True
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                version = (obj.get("metadata") or {}).get("resourceVersion")
-                if version:
-                    self._resource_version = version
-                if kind in ("ADDED", "MODIFIED"):
-                    sa = _info(obj)
-                    self._store[(sa.namespace, sa.name)] = sa
-                elif kind == "DELETED":
-                    sa = _info(obj)
-                    self._store.pop((sa.namespace, sa.name), None)
-                self._metrics.cache_size.set(len(self._store))
-        finally:
-            self._response = None
-            response.release_conn()
-        return False
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    buffer = b""
-    for chunk in response.stream(65536, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buffer.strip():
-        yield buffer
+    def __len__(self) -> int:
+        return len(self.accounts)
