@@ -25,11 +25,12 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Manifest:
-    """One object and where it came from (for messages)."""
+    """One object and where it came from (for messages): file, document index (0-based) and first line."""
 
     obj: dict[str, Any]
     source: str
     index: int
+    line: int = 1
 
 
 def _files(path: str) -> Iterator[tuple[str, str]]:
@@ -50,17 +51,30 @@ def _files(path: str) -> Iterator[tuple[str, str]]:
         raise ManifestError(f"{path}: cannot read: {exc}") from None
 
 
-def _flatten(obj: Any, source: str, index: int) -> Iterator[Manifest]:
+def _flatten(obj: Any, source: str, index: int, line: int) -> Iterator[Manifest]:
     if obj is None:
         return
     if not isinstance(obj, dict):
-        raise ManifestError(f"{source}: document {index + 1} is a {type(obj).__name__}, not a Kubernetes object")
+        raise ManifestError(f"{source}: document {index + 1} (line {line}) is a {type(obj).__name__}, not a "
+                            "Kubernetes object")
     kind = obj.get("kind")
     if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
         for item in obj["items"]:
-            yield from _flatten(item, source, index)
+            yield from _flatten(item, source, index, line)
         return
-    yield Manifest(obj, source, index)
+    yield Manifest(obj, source, index, line)
+
+
+def _documents(text: str) -> Iterator[tuple[Any, int]]:
+    """Each YAML/JSON document with the line it starts on (1-based)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                yield loader.construct_document(node), node.start_mark.line + 1
+    finally:
+        loader.dispose()
 
 
 def load(paths: Iterable[str]) -> list[Manifest]:
@@ -69,11 +83,11 @@ def load(paths: Iterable[str]) -> list[Manifest]:
     for path in paths:
         for source, text in _files(path):
             try:
-                documents = list(yaml.safe_load_all(text))
+                documents = list(_documents(text))
             except yaml.YAMLError as exc:
                 raise ManifestError(f"{source}: not valid YAML/JSON: {exc}") from None
-            for index, document in enumerate(documents):
-                manifests.extend(_flatten(document, source, index))
+            for index, (document, line) in enumerate(documents):
+                manifests.extend(_flatten(document, source, index, line))
     return manifests
 
 

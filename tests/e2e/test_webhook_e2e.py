@@ -1,0 +1,378 @@
+"""End to end: the real kube-apiserver calls `wi-webhook serve` (real subprocess, real TLS) for real pods.
+
+The API server runs without controller-manager, scheduler or kubelet, so pods stay Pending: what is asserted is
+the pod as the API server stored it after admission. kube-apiserver's own ServiceAccount admission plugin runs
+before mutating webhooks and already rejects pods whose ServiceAccount does not exist; the webhook's identical
+reference denial is therefore also checked by calling the running webhook directly against the same cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.processes import WebhookProcess, free_port, make_certs
+from webhook.cli import parse_server_version
+from webhook.mutation import volume_name_for
+
+WI = "azure.workload.identity"
+CLIENT_ID = "00000000-1111-2222-3333-444444444444"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+FOUR = ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]
+E2E_LABEL = "wi-webhook-e2e"
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """Retry `check` until it returns a truthy value without raising; bounded."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last error: {last!r}")
+
+
+def mutating_webhook(name: str, url: str, ca_file: Path, namespace_label: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_file.read_bytes()).decode()},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+        "objectSelector": {"matchLabels": {f"{WI}/use": "true"}},
+        "namespaceSelector": {"matchLabels": {E2E_LABEL: namespace_label}},
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "IfNeeded",
+        "sideEffects": "None",
+        "timeoutSeconds": 10,
+        "admissionReviewVersions": ["v1", "v1beta1"],
+    }
+
+
+class Env:
+    """One test namespace plus the typed clients."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+
+    def service_account(self, name: str, **annotations: str) -> None:
+        self.core.create_namespaced_service_account(
+            self.namespace, {"metadata": {"name": name, "annotations": annotations}}
+        )
+
+    def pod_body(
+        self,
+        name: str | None,
+        sa: str = "workload",
+        labelled: bool = True,
+        annotations: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "labels": {f"{WI}/use": "true"} if labelled else {},
+            "annotations": annotations or {},
+        }
+        if name:
+            metadata["name"] = name
+        else:
+            metadata["generateName"] = "gen-"
+        body_spec = {"serviceAccountName": sa, "containers": [{"name": "app", "image": "busybox"}], **spec}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": body_spec}
+
+    def create(self, body: dict[str, Any], dry_run: str | None = None) -> dict[str, Any]:
+        kwargs = {"dry_run": dry_run} if dry_run else {}
+        created = self.core.create_namespaced_pod(self.namespace, body, **kwargs)
+        result: dict[str, Any] = self.api.sanitize_for_serialization(created)
+        return result
+
+    def stored(self, name: str) -> dict[str, Any]:
+        response = self.core.read_namespaced_pod(name, self.namespace, _preload_content=False)
+        result: dict[str, Any] = orjson.loads(response.data)
+        return result
+
+
+def env_names(container: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in container.get("env") or []]
+
+
+def wi_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in pod["spec"].get("volumes") or [] if v["name"].startswith("azure-workload-identity-reserved-")]
+
+
+@pytest.fixture(scope="module")
+def webhook(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
+    workdir = tmp_path_factory.mktemp("e2e-webhook")
+    process = WebhookProcess(
+        workdir,
+        [
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--native-sidecar",
+            "auto",
+            "--disable-cert-rotation",
+            "--log-level",
+            "debug",
+        ],
+        env={"AZURE_TENANT_ID": TENANT},
+    )
+    try:
+        process.wait_ready(60)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Any, webhook: WebhookProcess) -> Iterator[Env]:
+    api = cluster.api_client()
+    label = uuid.uuid4().hex[:8]
+    namespace = f"wi-e2e-{label}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace, "labels": {E2E_LABEL: label}}})
+    admission = client.AdmissionregistrationV1Api(api)
+    config_name = f"a-wi-webhook-{label}"  # sorts before the helper webhook below: reinvocation is exercised
+    admission.create_mutating_webhook_configuration(
+        {
+            "metadata": {"name": config_name},
+            "webhooks": [mutating_webhook("mutation.azure-workload-identity.io", webhook.url, webhook.ca_file, label)],
+        }
+    )
+    environment = Env(api, namespace)
+    environment.service_account("workload", **{f"{WI}/client-id": CLIENT_ID})
+    # The API server picks up webhook configurations asynchronously: wait until a dry-run pod comes back mutated.
+    eventually(
+        lambda: (
+            "AZURE_CLIENT_ID"
+            in env_names(environment.create(environment.pod_body("probe"), dry_run="All")["spec"]["containers"][0])
+        )
+    )
+    try:
+        yield environment
+    finally:
+        admission.delete_mutating_webhook_configuration(config_name)
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def test_labelled_pod_is_injected_and_stored(env: Env) -> None:
+    env.create(env.pod_body("plain"))
+    pod = env.stored("plain")
+    app = pod["spec"]["containers"][0]
+    assert env_names(app) == FOUR
+    values = {e["name"]: e["value"] for e in app["env"]}
+    assert values["AZURE_CLIENT_ID"] == CLIENT_ID and values["AZURE_TENANT_ID"] == TENANT
+    [volume] = wi_volumes(pod)
+    assert volume["name"] == volume_name_for("plain")
+    token = volume["projected"]["sources"][0]["serviceAccountToken"]
+    assert token == {
+        "audience": "api://AzureADTokenExchange",
+        "expirationSeconds": 3600,
+        "path": "token/azure-identity-token",
+    }
+    mounts = [m for m in app["volumeMounts"] if m["name"] == volume["name"]]
+    assert mounts == [{"name": volume["name"], "mountPath": "/var/run/secrets/azure/wi", "readOnly": True}]
+
+
+def test_unlabelled_pod_is_untouched(env: Env) -> None:
+    env.create(env.pod_body("unlabelled", labelled=False))
+    pod = env.stored("unlabelled")
+    assert env_names(pod["spec"]["containers"][0]) == [] and wi_volumes(pod) == []
+
+
+def test_generate_name_pod(env: Env) -> None:
+    created = env.create(env.pod_body(None))
+    pod = env.stored(created["metadata"]["name"])
+    assert [v["name"] for v in wi_volumes(pod)] == [volume_name_for("gen- (prefix)")]
+    assert env_names(pod["spec"]["containers"][0]) == FOUR
+
+
+def test_init_containers_skip_containers_and_native_sidecar_restart_policy(env: Env) -> None:
+    body = env.pod_body(
+        "inits",
+        annotations={f"{WI}/skip-containers": "skipped; "},
+        initContainers=[
+            {"name": "setup", "image": "busybox"},
+            {"name": "mesh", "image": "busybox", "restartPolicy": "Always"},
+        ],
+        containers=[{"name": "app", "image": "busybox"}, {"name": "skipped", "image": "busybox"}],
+    )
+    env.create(body)
+    spec = env.stored("inits")["spec"]
+    assert env_names(spec["initContainers"][0]) == FOUR
+    assert spec["initContainers"][1]["restartPolicy"] == "Always"  # the reference's #1312 dropped this
+    assert env_names(spec["initContainers"][1]) == FOUR
+    assert env_names(spec["containers"][0]) == FOUR
+    assert env_names(spec["containers"][1]) == []
+    assert all(m["mountPath"] != "/var/run/secrets/azure/wi" for m in spec["containers"][1].get("volumeMounts", []))
+
+
+def test_fields_the_webhook_does_not_model_survive(env: Env) -> None:
+    body = env.pod_body(
+        "fields",
+        os={"name": "linux"},
+        hostUsers=True,
+        schedulingGates=[{"name": "wait"}],
+        resourceClaims=[],
+        enableServiceLinks=False,
+    )
+    body["spec"]["containers"][0].update(
+        {
+            "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+            "stdin": True,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    )
+    env.create(body)
+    spec = env.stored("fields")["spec"]
+    assert spec["os"] == {"name": "linux"} and spec["schedulingGates"] == [{"name": "wait"}]
+    assert spec["enableServiceLinks"] is False and spec["hostUsers"] is True
+    app = spec["containers"][0]
+    assert app["resizePolicy"] == [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]
+    assert app["stdin"] is True and env_names(app) == FOUR
+
+
+def test_expiration_from_annotations_and_out_of_range_denied(env: Env) -> None:
+    env.service_account(
+        "long-lived", **{f"{WI}/client-id": CLIENT_ID, f"{WI}/service-account-token-expiration": "86400"}
+    )
+    env.create(env.pod_body("expiring", sa="long-lived"))
+    token = wi_volumes(env.stored("expiring"))[0]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["expirationSeconds"] == 86400
+    with pytest.raises(ApiException) as denied:
+        env.create(env.pod_body("too-short", annotations={f"{WI}/service-account-token-expiration": "60"}))
+    message = orjson.loads(denied.value.body)["message"]
+    assert "token expiration 60 not valid. Expected value to be between 3600 and 86400" in message
+    with pytest.raises(ApiException):
+        env.stored("too-short")
+
+
+def test_missing_service_account_denied(env: Env, webhook: WebhookProcess) -> None:
+    with pytest.raises(ApiException) as denied:
+        env.create(env.pod_body("ghostly", sa="ghost"))
+    # kube-apiserver's own ServiceAccount admission plugin answers first, before any webhook:
+    assert 'serviceaccount "ghost" not found' in orjson.loads(denied.value.body)["message"]
+    with pytest.raises(ApiException):
+        env.stored("ghostly")
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "direct",
+            "namespace": env.namespace,
+            "operation": "CREATE",
+            "object": env.pod_body("ghostly", sa="ghost"),
+        },
+    }
+    status, body = webhook.post(orjson.dumps(review))
+    response = orjson.loads(body)["response"]
+    assert status == 200 and response["allowed"] is False
+    assert response["status"]["message"] == 'serviceaccounts "ghost" not found'
+
+
+def test_service_account_created_a_moment_before_the_pod(env: Env) -> None:
+    for i in range(5):  # the race that bit the AWS webhook: the cache may not have seen it yet
+        env.service_account(f"fresh-{i}", **{f"{WI}/client-id": f"00000000-0000-0000-0000-00000000000{i}"})
+        env.create(env.pod_body(f"race-{i}", sa=f"fresh-{i}"))
+        values = {e["name"]: e["value"] for e in env.stored(f"race-{i}")["spec"]["containers"][0]["env"]}
+        assert values["AZURE_CLIENT_ID"] == f"00000000-0000-0000-0000-00000000000{i}"
+
+
+def test_dry_run_returns_the_mutation_and_stores_nothing(env: Env) -> None:
+    created = env.create(env.pod_body("dry"), dry_run="All")
+    assert env_names(created["spec"]["containers"][0]) == FOUR
+    with pytest.raises(ApiException) as missing:
+        env.stored("dry")
+    assert missing.value.status == 404
+
+
+def test_native_sidecar_auto_follows_the_api_server_version(env: Env, cluster: Any) -> None:
+    native = parse_server_version(cluster.version) >= (1, 32)
+    env.create(env.pod_body("proxied", annotations={f"{WI}/inject-proxy-sidecar": "true"}))
+    spec = env.stored("proxied")["spec"]
+    init_names = [c["name"] for c in spec["initContainers"]]
+    if native:
+        assert init_names == ["azwi-proxy", "azwi-proxy-init"]
+        assert spec["initContainers"][0]["restartPolicy"] == "Always"
+        assert [c["name"] for c in spec["containers"]] == ["app"]
+    else:
+        assert init_names == ["azwi-proxy-init"] and spec["containers"][0]["name"] == "azwi-proxy"
+    env.create(env.pod_body("not-proxied", annotations={f"{WI}/inject-proxy-sidecar": "false"}))
+    assert "initContainers" not in env.stored("not-proxied")["spec"]
+
+
+class _AddContainer(BaseHTTPRequestHandler):
+    """A second mutating webhook that adds a container, forcing the API server to reinvoke ours."""
+
+    def do_POST(self) -> None:
+        review = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        pod = review["request"]["object"]
+        patch = []
+        if all(c["name"] != "late" for c in pod["spec"]["containers"]):
+            patch = [{"op": "add", "path": "/spec/containers/-", "value": {"name": "late", "image": "busybox"}}]
+        response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
+        if patch:
+            response.update(patchType="JSONPatch", patch=base64.b64encode(orjson.dumps(patch)).decode())
+        body = orjson.dumps({"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def adder_webhook(workdir: Path) -> Iterator[tuple[str, Path]]:
+    ca = make_certs(workdir)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _AddContainer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(workdir / "tls.crt", workdir / "tls.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/add", ca
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+
+
+def test_reinvocation_reaches_containers_added_later(env: Env, tmp_path: Path) -> None:
+    label = env.core.read_namespace(env.namespace).metadata.labels[E2E_LABEL]
+    admission = client.AdmissionregistrationV1Api(env.api)
+    with adder_webhook(tmp_path) as (url, ca):
+        name = f"z-adder-{label}"
+        admission.create_mutating_webhook_configuration(
+            {"metadata": {"name": name}, "webhooks": [mutating_webhook("adder.e2e.test", url, ca, label)]}
+        )
+        try:
+            eventually(lambda: len(env.create(env.pod_body("probe2"), dry_run="All")["spec"]["containers"]) == 2)
+            env.create(env.pod_body("reinvoked"))
+        finally:
+            admission.delete_mutating_webhook_configuration(name)
+    pod = env.stored("reinvoked")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "late"]
+    for container in pod["spec"]["containers"]:
+        assert env_names(container) == FOUR, container  # each exactly once
+        assert sum(m["mountPath"] == "/var/run/secrets/azure/wi" for m in container["volumeMounts"]) == 1
+    assert len(wi_volumes(pod)) == 1
