@@ -24,6 +24,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.fake_entra import FakeEntra
 from tests.processes import WebhookProcess, free_port, make_certs
 from webhook.cli import parse_server_version
 from webhook.mutation import volume_name_for
@@ -119,21 +120,18 @@ def wi_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def webhook(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
+def webhook(cluster: Any, fake_entra_server: FakeEntra,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookProcess]:
+    """The webhook in cluster mode; its cloud is an Azure Stack-style custom cloud whose authority is the fake
+    Entra ID, so the injected AZURE_AUTHORITY_HOST leads azure-identity to a token endpoint that validates."""
     workdir = tmp_path_factory.mktemp("e2e-webhook")
-    process = WebhookProcess(
-        workdir,
-        [
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--native-sidecar",
-            "auto",
-            "--disable-cert-rotation",
-            "--log-level",
-            "debug",
-        ],
-        env={"AZURE_TENANT_ID": TENANT},
-    )
+    cloud = workdir / "cloud.json"
+    cloud.write_text(orjson.dumps({"name": "AzureStackCloud",
+                                   "activeDirectoryEndpoint": fake_entra_server.authority_host}).decode())
+    process = WebhookProcess(workdir, ["--kubeconfig", str(cluster.kubeconfig), "--native-sidecar", "auto",
+                                       "--disable-cert-rotation", "--log-level", "debug"],
+                             env={"AZURE_TENANT_ID": TENANT, "AZURE_ENVIRONMENT": "AzureStackCloud",
+                                  "AZURE_ENVIRONMENT_FILEPATH": str(cloud)})
     try:
         process.wait_ready(60)
         yield process
@@ -171,13 +169,15 @@ def env(cluster: Any, webhook: WebhookProcess) -> Iterator[Env]:
         client.CoreV1Api(api).delete_namespace(namespace)
 
 
-def test_labelled_pod_is_injected_and_stored(env: Env) -> None:
+def test_labelled_pod_is_injected_and_stored(env: Env, fake_entra_server: FakeEntra) -> None:
     env.create(env.pod_body("plain"))
     pod = env.stored("plain")
     app = pod["spec"]["containers"][0]
     assert env_names(app) == FOUR
     values = {e["name"]: e["value"] for e in app["env"]}
     assert values["AZURE_CLIENT_ID"] == CLIENT_ID and values["AZURE_TENANT_ID"] == TENANT
+    assert values["AZURE_FEDERATED_TOKEN_FILE"] == "/var/run/secrets/azure/wi/token/azure-identity-token"
+    assert values["AZURE_AUTHORITY_HOST"] == fake_entra_server.authority_host
     [volume] = wi_volumes(pod)
     assert volume["name"] == volume_name_for("plain")
     token = volume["projected"]["sources"][0]["serviceAccountToken"]
@@ -376,3 +376,73 @@ def test_reinvocation_reaches_containers_added_later(env: Env, tmp_path: Path) -
         assert env_names(container) == FOUR, container  # each exactly once
         assert sum(m["mountPath"] == "/var/run/secrets/azure/wi" for m in container["volumeMounts"]) == 1
     assert len(wi_volumes(pod)) == 1
+
+
+def _injected_env_with_token(env: Env, pod_name: str, token_sa: str, root: Path) -> dict[str, str]:
+    """The stored pod's injected env, with a real TokenRequest token for `token_sa` written where
+    AZURE_FEDERATED_TOKEN_FILE points (under a temp root, standing in for the kubelet's projection)."""
+    pod = env.stored(pod_name)
+    values = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    source = wi_volumes(pod)[0]["projected"]["sources"][0]["serviceAccountToken"]
+    request = env.core.create_namespaced_service_account_token(token_sa, env.namespace, {
+        "spec": {"audiences": [source["audience"]], "expirationSeconds": source["expirationSeconds"]}})
+    token_file = root / values["AZURE_FEDERATED_TOKEN_FILE"].lstrip("/")
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(request.status.token)
+    return {**values, "AZURE_FEDERATED_TOKEN_FILE": str(token_file)}
+
+
+def test_workload_identity_credential_gets_a_token_with_the_injected_env(
+        env: Env, cluster: Any, fake_entra: FakeEntra, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import WorkloadIdentityCredential
+
+    client_id = str(uuid.uuid4())
+    env.service_account("reader", **{f"{WI}/client-id": client_id})
+    env.service_account("intruder", **{f"{WI}/client-id": client_id})
+    subject = f"system:serviceaccount:{env.namespace}:reader"
+    fake_entra.register(client_id, TENANT, issuer=cluster.issuer, subject=subject)
+    env.create(env.pod_body("token-pod", sa="reader"))
+    injected = _injected_env_with_token(env, "token-pod", "reader", tmp_path / "root")
+    for name in FOUR:
+        monkeypatch.setenv(name, injected[name])
+    token = WorkloadIdentityCredential().get_token("https://management.azure.com/.default")
+    assert token.token and token.expires_on > time.time()
+    assert fake_entra.requests[-1].subject == subject
+
+    # The same env with another ServiceAccount's token: no federated credential matches that subject.
+    env.create(env.pod_body("intruder-pod", sa="intruder"))
+    injected = _injected_env_with_token(env, "intruder-pod", "intruder", tmp_path / "root2")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", injected["AZURE_FEDERATED_TOKEN_FILE"])
+    with pytest.raises(ClientAuthenticationError, match="AADSTS70021"):
+        WorkloadIdentityCredential().get_token("https://management.azure.com/.default")
+
+
+def test_zz_api_server_outage_and_watch_resume(env: Env, cluster: Any, webhook: WebhookProcess) -> None:
+    """Runs last in this module: stops the shared API server, then restarts it."""
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "outage", "namespace": env.namespace, "operation": "CREATE",
+                          "object": env.pod_body("during-outage")}}
+    cluster.stop_apiserver()
+    try:
+        status, body = webhook.post(orjson.dumps(review))  # cached ServiceAccount: still mutated
+        response = orjson.loads(body)["response"]
+        assert status == 200 and response["allowed"] is True and response["patch"]
+        eventually(lambda: "wi_webhook_serviceaccount_cache_synced 0.0" in
+                   webhook.get(webhook.metrics_port, "/metrics")[1], timeout=30)
+        ready_status, ready_text = webhook.get(webhook.health_port, "/readyz")
+        assert ready_status == 200 and "unreachable" in ready_text
+    finally:
+        cluster.start_apiserver()
+    eventually(lambda: "wi_webhook_serviceaccount_cache_synced 1.0" in
+               webhook.get(webhook.metrics_port, "/metrics")[1], timeout=60)
+    new_client = "99999999-8888-7777-6666-555555555555"
+    env.core.patch_namespaced_service_account("workload", env.namespace, {
+        "metadata": {"annotations": {f"{WI}/client-id": new_client}}})
+
+    def client_id_of_next_pod() -> bool:
+        pod = env.create(env.pod_body("after-restart"), dry_run="All")
+        values = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        return values["AZURE_CLIENT_ID"] == new_client
+
+    eventually(client_id_of_next_pod, timeout=60)  # a cache hit: only a resumed watch can deliver the change
