@@ -70,6 +70,7 @@ class Report:
     injected: int = 0
     denied: int = 0
     mutated: list[dict[str, Any]] = field(default_factory=list)
+    checked: list[tuple[str, int, str, str, str]] = field(default_factory=list)  # file, document, kind, ns, name
 
     @property
     def warnings(self) -> int:
@@ -139,6 +140,8 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
                  ns: str = namespace, kind: str = kind, name: str = _name(obj)) -> Item:
             return Item(rule, mode, where.source, where.index, where.line, kind, ns, name, container, message)
 
+        if kind == "ServiceAccount" or kind in WORKLOAD_KINDS:
+            report.checked.append((manifest.source, manifest.index, kind, namespace, _name(obj)))
         if kind == "ServiceAccount":
             sa = service_account_info(obj, namespace)
             for finding in check_service_account(sa, config, policy, find_namespace(namespace)):
@@ -242,7 +245,7 @@ def render_sarif(report: Report, version: str) -> str:
 
 
 def render_junit(report: Report, warnings_as_errors: bool = False) -> str:
-    by_object: dict[tuple[str, int, str, str, str], list[Item]] = {}
+    by_object: dict[tuple[str, int, str, str, str], list[Item]] = {key: [] for key in report.checked}
     for f in report.findings:
         by_object.setdefault((f.file, f.document, f.kind, f.namespace, f.name), []).append(f)
     failing_modes = {"enforce", "warn"} if warnings_as_errors else {"enforce"}

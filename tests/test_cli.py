@@ -1,0 +1,62 @@
+"""`wi-webhook mutate`, `certs generate` and `version` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import TENANT
+from webhook.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+POD = str(ROOT / "examples/demo/pod.yaml")
+SAS = str(ROOT / "examples/demo/serviceaccounts.yaml")
+
+
+@pytest.fixture(autouse=True)
+def tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+
+
+def test_mutate_yaml_json_and_patch(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mutate", "-f", POD, "--objects", SAS]) == 0
+    pod = yaml.safe_load(capsys.readouterr().out)
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]][-1] == "AZURE_AUTHORITY_HOST"
+    assert main(["mutate", "-f", POD, "--objects", SAS, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["volumes"][0]["projected"]
+    assert main(["mutate", "-f", POD, "--objects", SAS, "-o", "patch"]) == 0
+    patch = json.loads(capsys.readouterr().out)
+    assert {op["op"] for op in patch} == {"add"}
+
+
+def test_mutate_denial_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["mutate", "-f", POD, "--objects", str(tmp_path)]) == 1
+    assert 'serviceaccounts "workload-identity-sa" not found' in capsys.readouterr().err
+
+
+def test_mutate_bad_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["mutate", "-f", str(tmp_path / "missing.yaml"), "--objects", SAS]) == 2
+    assert "missing.yaml: no such file or directory" in capsys.readouterr().err
+    assert main(["mutate", "-f", SAS, "--objects", SAS]) == 2
+    assert "no Pod found" in capsys.readouterr().err
+
+
+def test_mutate_config_errors_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_TENANT_ID")
+    assert main(["mutate", "-f", POD, "--objects", SAS]) == 2
+    assert "required key AZURE_TENANT_ID missing value" in capsys.readouterr().err
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    assert main(["mutate", "-f", POD, "--objects", SAS, "--log-level", "loud"]) == 2
+    assert "--log-level" in capsys.readouterr().err
+
+
+def test_certs_generate_and_version(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["certs", "generate", "--service", "svc", "--namespace", "ns", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip()
