@@ -203,6 +203,10 @@ class TestCluster:
         self.sa_key_file = pki / "sa.key"
         self.sa_pub_file = pki / "sa.pub"
         write_rsa_key(self.sa_key_file, self.sa_pub_file)
+        self.audit_log = self.workdir / "audit.log"
+        self.audit_policy = self.workdir / "audit-policy.yaml"
+        # Metadata level records webhook audit annotations (the policy's `audit` mode) for every request.
+        self.audit_policy.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n")
         self.token_file = pki / "tokens.csv"
         self.token_file.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         self.token_file.chmod(0o600)
@@ -357,6 +361,10 @@ class TestCluster:
             "--authorization-mode=RBAC",
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
             "--allow-privileged=true",  # like every real cluster: the proxy-init container is privileged
+            f"--audit-policy-file={self.audit_policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
             f"--service-account-issuer={self.issuer}",
             f"--service-account-key-file={self.sa_pub_file}",
             f"--service-account-signing-key-file={self.sa_key_file}",
