@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from webhook.config import ENV_NAMES, WebhookOptions, build_mutation_config
+from webhook.policy import parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "workload-identity-webhook"
@@ -49,9 +50,12 @@ PROXY_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"mem
 PROXY_INIT_RESOURCES = {"requests": {"cpu": "5m", "memory": "16Mi"}}
 CTB_SELECTOR = {"matchLabels": {"azure.workload.identity/ca": "true"}}
 POLICY = {
-    "rules": [
-        {"name": "client-id-required", "match": {"namespaces": ["prod-*"]}, "require": ["client-id"]},
-    ],
+    "apiVersion": "wi-webhook.io/v1",
+    "kind": "Policy",
+    "modes": {"missing-client-id": "enforce", "WI005": "audit"},
+    "tokenExpiration": {"min": 3600, "max": 43200},
+    "namespaces": {"deny": ["default"]},
+    "identities": [{"clientId": "00000000-0000-0000-0000-000000000001", "namespaces": ["prod-*"]}],
 }
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -177,7 +181,7 @@ def render(values: dict[str, Any] | None = None, *, namespace: str = NS) -> list
     for path, text in sorted(render_raw(values, namespace=namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
-        objects.extend(doc for doc in yaml.load_all(text, Loader=UniqueKeyLoader) if doc)  # noqa: S506
+        objects.extend(doc for doc in yaml.load_all(text, Loader=UniqueKeyLoader) if doc)
     return objects
 
 
@@ -196,13 +200,13 @@ def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def manager(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = deployment(objects)["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = deployment(objects)["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["manager"]
     return containers[0]
 
 
 def webhook(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    hooks = one(objects, "MutatingWebhookConfiguration", MWC_NAME)["webhooks"]
+    hooks: list[dict[str, Any]] = one(objects, "MutatingWebhookConfiguration", MWC_NAME)["webhooks"]
     assert len(hooks) == 1
     return hooks[0]
 
@@ -482,8 +486,9 @@ def cert_volume(objects: list[dict[str, Any]]) -> dict[str, Any]:
     volumes = {v["name"]: v for v in deployment(objects)["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["name"]: m for m in manager(objects)["volumeMounts"]}
     assert mounts["cert"] == {"name": "cert", "mountPath": "/certs", "readOnly": True}
-    assert volumes["cert"]["secret"]["defaultMode"] == 420
-    return volumes["cert"]["secret"]
+    secret: dict[str, Any] = volumes["cert"]["secret"]
+    assert secret["defaultMode"] == 420
+    return secret
 
 
 def test_self_managed_mode() -> None:
@@ -524,8 +529,9 @@ def test_cert_manager_mode_bootstraps_a_ca() -> None:
     assert "--disable-cert-rotation" in flags and not ROTATION_FLAGS & set(flags)
     # Least privilege: without self-managed certificates the webhook needs no Secret or webhook-config access.
     assert not find(objects, "Role") and not find(objects, "RoleBinding")
-    (rule,) = one(objects, "ClusterRole")["rules"]
-    assert rule["resources"] == ["serviceaccounts"]
+    rules = one(objects, "ClusterRole")["rules"]
+    assert [r["resources"] for r in rules] == [["serviceaccounts"], ["namespaces"]]
+    assert all(r["verbs"] == ["get", "list", "watch"] for r in rules)
 
 
 def test_cert_manager_mode_with_own_issuer() -> None:
@@ -563,8 +569,12 @@ def test_rbac_is_least_privilege() -> None:
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "azure-wi-webhook-admin",
                                             "namespace": NS}]
     objects = render()
-    assert one(objects, "ClusterRole")["rules"] == [
+    read_only = [
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    ]
+    assert one(objects, "ClusterRole")["rules"] == [
+        *read_only,
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
          "resourceNames": [MWC_NAME], "verbs": ["get", "update", "patch"]},
     ]
@@ -692,6 +702,8 @@ def test_policy_config_map_is_mounted_only_when_set() -> None:
     objects = render(SCENARIOS["policy"])
     config = one(objects, "ConfigMap", "azure-wi-webhook-policy")
     assert yaml.safe_load(config["data"]["policy.yaml"]) == POLICY
+    # The file is one the webhook's own policy loader accepts.
+    assert parse_policy(yaml.safe_load(config["data"]["policy.yaml"]), "policy.yaml").modes
     container = manager(objects)
     assert flag_values(container["args"])["--policy"] == POLICY_PATH
     mount = next(m for m in container["volumeMounts"] if m["name"] == "policy")

@@ -143,6 +143,16 @@ def test_versions_agree() -> None:
     assert f"ARG VERSION={version}" in DOCKERFILE.read_text()
 
 
+def new_venv(path: Path) -> Path:
+    """A fresh venv. Without its own pip (ensurepip costs ~10 s): pip runs from here with `--python`."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    return path
+
+
+def pip_for(venv: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+
+
 def _snapshot(tree: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in tree.rglob("*") if p.is_file() or p.is_dir()}
 
@@ -163,8 +173,7 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
             else:
                 shutil.copy2(origin, src / source)
     wheels = tmp_path / "wheels"
-    build_venv = tmp_path / "build-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(build_venv)], check=True, timeout=120)
+    build_venv = new_venv(tmp_path / "build-venv")
     # The image's ENV, except that the pip cache may be used here: it only saves downloads.
     build_env = {**base_env, **env_of(build), "PIP_NO_CACHE_DIR": "0"}
     paths = {"/wheels": str(wheels)}
@@ -173,7 +182,7 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
         _mounts, commands = run_commands(run)
         for command in commands:
             assert command[:2] == ["pip", "wheel"], f"build step not replayed by this test: {command}"
-            argv = [str(build_venv / "bin" / "python"), "-m", *[paths.get(a, a) for a in command]]
+            argv = [*pip_for(build_venv), *[paths.get(a, a) for a in command[1:]]]
             result = subprocess.run(argv, cwd=src, env=build_env, capture_output=True, text=True,
                                     timeout=PIP_TIMEOUT, check=False)
             assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -183,8 +192,7 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
     assert list(wheels.glob("workload_identity_webhook-*-py3-none-any.whl"))
 
     # --- runtime stage: the wheels mounted where the RUN line expects them, installed into a fresh venv ---
-    runtime_venv = tmp_path / "runtime-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(runtime_venv)], check=True, timeout=120)
+    runtime_venv = new_venv(tmp_path / "runtime-venv")
     runtime_env = {**base_env, **env_of(runtime)}
     installed = False
     for run in runtime.all("RUN"):
@@ -195,7 +203,7 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
                 assert "65532" in command, command  # the image user; not created on this machine
                 continue
             assert command[:2] == ["pip", "install"], f"runtime step not replayed by this test: {command}"
-            argv = [str(runtime_venv / "bin" / "python"), "-m", "pip", "install"]
+            argv = [*pip_for(runtime_venv), "install"]
             for arg in command[2:]:
                 name, sep, value = arg.partition("=")
                 argv.append(f"{name}={paths.get(value, value)}" if sep else paths.get(arg, arg))

@@ -75,3 +75,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+def test_trusted_cas_overlap_previous_ca_while_valid() -> None:
+    from webhook.rotation import trusted_cas
+
+    new, old = certs.generate_ca(), certs.generate_ca()
+    both = trusted_cas({"ca.crt": new.cert_pem, "ca-previous.crt": old.cert_pem})
+    assert [c.serial_number for c in x509.load_pem_x509_certificates(both)] == [
+        x509.load_pem_x509_certificate(p).serial_number for p in (new.cert_pem, old.cert_pem)]
+    assert trusted_cas({"ca.crt": new.cert_pem}) == new.cert_pem
+    expired = certs.generate_ca(days=0)  # expired by the time it is checked (X.509 times are whole seconds)
+    assert trusted_cas({"ca.crt": new.cert_pem, "ca-previous.crt": expired.cert_pem}) == new.cert_pem

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from webhook import certs
 
@@ -126,7 +127,12 @@ class CertRotator:
                 delay = min(delay * 2, 60.0)
 
     def reconcile(self) -> None:
-        """One pass: ensure a valid bundle in the Secret (compare-and-swap), then the caBundle in the MWC."""
+        """One pass: ensure a valid bundle in the Secret (compare-and-swap), then the caBundle in the MWC.
+
+        A new CA is trusted first: the caBundle gets the new CA (and keeps the previous one, also stored in the
+        Secret as `ca-previous.crt`) before the Secret — and so, via the volume, the served certificate — changes.
+        Replicas still serving the old certificate keep working during the volume's propagation delay.
+        """
         from kubernetes.client.exceptions import ApiException
 
         s = self.settings
@@ -135,8 +141,16 @@ class CertRotator:
             data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
             bundle = plan_bundle(data, s.hosts, s.renew_before)
             if bundle is None:
-                ca_pem = data["ca.crt"]
                 break
+            if bundle["ca.crt"] != data.get("ca.crt"):
+                # Keep trusting every CA that is trusted now (the Secret's old CA and what the caBundle holds):
+                # a replica may serve a certificate signed by any of them until its volume updates.
+                previous = _valid_pems([data.get("ca.crt", b""), self._trusted_bundle()])[:MAX_PREVIOUS_CAS]
+                if previous:
+                    bundle["ca-previous.crt"] = b"".join(previous)
+                self._inject_ca(trusted_cas(bundle))
+            elif data.get("ca-previous.crt"):
+                bundle["ca-previous.crt"] = data["ca-previous.crt"]
             secret.data = {k: base64.b64encode(v).decode() for k, v in bundle.items()}
             try:
                 self._core.replace_namespaced_secret(s.secret_name, s.namespace, secret)  # carries resourceVersion
@@ -145,11 +159,16 @@ class CertRotator:
                     continue  # another replica rotated first: re-read and validate its bundle
                 raise
             log.info("generated webhook certificates", extra={"secret": f"{s.namespace}/{s.secret_name}"})
-            ca_pem = bundle["ca.crt"]
+            data = bundle
             break
         else:
             raise RuntimeError(f"secret {s.namespace}/{s.secret_name} kept changing; giving up this round")
-        self._inject_ca(ca_pem)
+        self._inject_ca(trusted_cas(data))
+
+    def _trusted_bundle(self) -> bytes:
+        """Every CA the webhook configuration trusts now, as one PEM bundle."""
+        config = self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)
+        return b"".join(base64.b64decode(hook.client_config.ca_bundle or "") for hook in config.webhooks or [])
 
     def _inject_ca(self, ca_pem: bytes) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -170,3 +189,29 @@ class CertRotator:
                 if exc.status != 409:
                     raise
         raise RuntimeError("mutating webhook configuration kept changing; giving up this round")
+
+
+MAX_PREVIOUS_CAS = 3
+
+
+def _valid_pems(bundles: list[bytes]) -> list[bytes]:
+    """The still-valid certificates in PEM bundles, each once, in order."""
+    seen: list[bytes] = []
+    now = dt.datetime.now(dt.UTC)
+    for bundle in bundles:
+        try:
+            certificates = x509.load_pem_x509_certificates(bundle) if bundle.strip() else []
+        except ValueError:
+            continue
+        for cert in certificates:
+            pem = cert.public_bytes(serialization.Encoding.PEM)
+            if cert.not_valid_after_utc > now and pem not in seen:
+                seen.append(pem)
+    return seen
+
+
+def trusted_cas(data: dict[str, bytes]) -> bytes:
+    """The caBundle: the current CA, plus the previous ones while still valid (rotation overlap)."""
+    current = _valid_pems([data["ca.crt"]])
+    previous = [p for p in _valid_pems([data.get("ca-previous.crt", b"")]) if p not in current]
+    return b"".join(current + previous) or data["ca.crt"]

@@ -1,0 +1,90 @@
+{{/*
+Object names are fixed and identical to the reference chart, so this chart can replace it in place.
+*/}}
+{{- define "wi-webhook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "wi-webhook.serviceAccountName" -}}azure-wi-webhook-admin{{- end }}
+{{- define "wi-webhook.configMapName" -}}azure-wi-webhook-config{{- end }}
+{{- define "wi-webhook.policyConfigMapName" -}}azure-wi-webhook-policy{{- end }}
+{{- define "wi-webhook.selfManagedSecretName" -}}azure-wi-webhook-server-cert{{- end }}
+{{- define "wi-webhook.serviceName" -}}azure-wi-webhook-webhook-service{{- end }}
+{{- define "wi-webhook.metricsServiceName" -}}azure-wi-webhook-metrics-service{{- end }}
+{{- define "wi-webhook.deploymentName" -}}azure-wi-webhook-controller-manager{{- end }}
+{{- define "wi-webhook.webhookConfigName" -}}azure-wi-webhook-mutating-webhook-configuration{{- end }}
+{{- define "wi-webhook.roleName" -}}azure-wi-webhook-manager-role{{- end }}
+{{- define "wi-webhook.roleBindingName" -}}azure-wi-webhook-manager-rolebinding{{- end }}
+{{- define "wi-webhook.certificateName" -}}azure-wi-webhook-serving-cert{{- end }}
+{{- define "wi-webhook.policyPath" -}}/etc/wi-webhook/policy/policy.yaml{{- end }}
+
+{{/*
+The certificate mode, validated (the schema checks it too; this guards `--skip-schema-validation`).
+*/}}
+{{- define "wi-webhook.certMode" -}}
+{{- $mode := .Values.certificates.mode | default "selfManaged" -}}
+{{- if not (has $mode (list "selfManaged" "certManager" "existingSecret")) -}}
+{{- fail (printf "certificates.mode must be selfManaged, certManager or existingSecret (got %q)" $mode) -}}
+{{- end -}}
+{{- $mode -}}
+{{- end }}
+
+{{/*
+Name of the Secret mounted at /certs, by certificate mode.
+*/}}
+{{- define "wi-webhook.certSecretName" -}}
+{{- $mode := include "wi-webhook.certMode" . -}}
+{{- if eq $mode "certManager" -}}
+{{- include "wi-webhook.certificateName" . -}}
+{{- else if eq $mode "existingSecret" -}}
+{{- required "certificates.existingSecret.name is required when certificates.mode is existingSecret: the name of a Secret with tls.crt and tls.key in the release namespace" .Values.certificates.existingSecret.name -}}
+{{- else -}}
+{{- include "wi-webhook.selfManagedSecretName" . -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Selector labels: exactly the reference chart's, because a Deployment selector cannot change on upgrade.
+*/}}
+{{- define "wi-webhook.selectorLabels" -}}
+app: {{ include "wi-webhook.name" . | quote }}
+azure-workload-identity.io/system: "true"
+chart: {{ include "wi-webhook.name" . | quote }}
+release: {{ .Release.Name | quote }}
+{{- end }}
+
+{{/*
+Labels of every object: the reference's four plus the recommended app.kubernetes.io/* labels.
+*/}}
+{{- define "wi-webhook.labels" -}}
+{{ include "wi-webhook.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "wi-webhook.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+app.kubernetes.io/part-of: azure-workload-identity
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" | quote }}
+{{- end }}
+
+{{/*
+The manager image: repository:tag (tag, else the reference's image.release, else appVersion), or @digest.
+*/}}
+{{- define "wi-webhook.image" -}}
+{{- $tag := .Values.image.tag | default .Values.image.release | default .Chart.AppVersion | toString -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The metrics port, from metricsAddr (":8095", "0.0.0.0:8095", "[::]:8095").
+*/}}
+{{- define "wi-webhook.metricsPort" -}}
+{{- $port := splitList ":" (toString .Values.metricsAddr) | last -}}
+{{- if not (regexMatch "^[0-9]+$" $port) -}}
+{{- fail (printf "metricsAddr must end with :<port> (got %q)" .Values.metricsAddr) -}}
+{{- end -}}
+{{- $port -}}
+{{- end }}
