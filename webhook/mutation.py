@@ -126,12 +126,17 @@ def service_account_not_found(name: str) -> Denial:
 
 
 def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
-               config: MutationConfig) -> MutationResult:
-    """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial."""
-    try:
-        ref = pod_ref(pod, request_namespace)
-    except PodShapeError as exc:
-        return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
+               config: MutationConfig, ref: PodRef | None = None) -> MutationResult:
+    """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial.
+
+    `ref` is `pod_ref(pod, request_namespace)` when the caller already computed it (the shape check is then
+    not repeated on the hot path).
+    """
+    if ref is None:
+        try:
+            ref = pod_ref(pod, request_namespace)
+        except PodShapeError as exc:
+            return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
     if sa is None:
         return MutationResult(denial=service_account_not_found(ref.service_account))
     metadata: dict[str, Any] = pod.get("metadata") or {}
@@ -508,8 +513,8 @@ def _check_shape(pod: JSON) -> None:
 def _check_container(container: dict[str, Any], where: str) -> None:
     for key in ("env", "volumeMounts"):
         items = container.get(key)
-        if items is None:
-            continue
+        if items is None or (type(items) is list and all(type(item) is dict for item in items)):
+            continue  # the common case, checked cheaply
         if not isinstance(items, list):
             raise PodShapeError(f"{where}.{key} must be a list")
         for index, item in enumerate(items):

@@ -36,7 +36,15 @@ from webhook.constants import (
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
 )
-from webhook.mutation import Denial, MutationResult, ServiceAccountInfo, go_parse_int, mutate_pod, skip_containers
+from webhook.mutation import (
+    Denial,
+    MutationResult,
+    PodRef,
+    ServiceAccountInfo,
+    go_parse_int,
+    mutate_pod,
+    skip_containers,
+)
 
 
 class Mode(StrEnum):
@@ -170,6 +178,9 @@ class Policy(_Strict):
         if rid in self.modes:
             return self.modes[rid]
         return RULES[rid].default
+
+
+_DEFAULT_POLICY = Policy()
 
 
 class PolicyError(ValueError):
@@ -350,10 +361,11 @@ def admission_warnings(findings: list[Finding]) -> list[str]:
 
 
 def admit(pod: Any, namespace: str, sa: ServiceAccountInfo | None, config: MutationConfig,
-          policy: Policy | None = None, namespace_info: NamespaceInfo | None = None) -> Decision:
+          policy: Policy | None = None, namespace_info: NamespaceInfo | None = None,
+          ref: PodRef | None = None) -> Decision:
     """The admission decision for one pod: mutation (reference behaviour) plus policy findings."""
-    policy = policy or Policy()
-    result = mutate_pod(pod, namespace, sa, config)
+    policy = policy or _DEFAULT_POLICY
+    result = mutate_pod(pod, namespace, sa, config, ref)
     if result.denial is not None:
         rid = _DENIAL_RULES.get(result.denial.reason)
         findings = [Finding(rid, Mode.ENFORCE, result.denial.message)] if rid else []

@@ -81,7 +81,7 @@ class AdmissionHandler:
                 reason="ServiceAccountLookupFailed", code=500)))
         policy = self.policy.current
         namespace_info = await self.source.namespace(ref.namespace) if policy.namespace_overrides else None
-        return admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info)
+        return admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref)
 
     def _record(self, findings: list[Finding], uid: str, namespace: str, name: str) -> None:
         for finding in findings:
