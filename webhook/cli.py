@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--show-mutated", action="store_true", help="also print each workload after injection")
     check.add_argument("--warnings-as-errors", action="store_true", help="exit 1 on warn findings too")
 
+    verify = commands.add_parser("verify", help="diagnose this pod's workload identity (run inside the pod)")
+    verify.add_argument("--scope", default="https://management.azure.com/.default")
+    verify.add_argument("--keyvault", default=None, metavar="URL", help="also read a secret from this vault")
+    verify.add_argument("--secret", default=None, metavar="NAME", help="the secret to read with --keyvault")
+    verify.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
     certs = commands.add_parser("certs", help="certificate helpers").add_subparsers(dest="certs_command",
                                                                                       required=True)
     generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service")
@@ -345,6 +351,16 @@ def _with_cluster(known: StaticServiceAccounts, kubeconfig: str) -> tuple[Any, A
     return find_sa, find_namespace
 
 
+def run_verify_command(args: argparse.Namespace) -> int:
+    from webhook.verify import render, run_verify
+
+    if bool(args.keyvault) != bool(args.secret):
+        raise UsageError("--keyvault and --secret go together (the vault URL and the secret name to read)")
+    report = run_verify(os.environ, args.scope, args.keyvault, args.secret)
+    sys.stdout.write(render(report, args.output))
+    return 0 if report.ok else 1
+
+
 def run_certs_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -383,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_certs_generate(args)
         if args.command == "check":
             return run_check_command(args)
+        if args.command == "verify":
+            return run_verify_command(args)
         return run_mutate(args)
     except UsageError as exc:
         print(f"wi-webhook: {exc}", file=sys.stderr)
