@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a cache miss may spend on a live GET before the pod is denied")
     serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
     serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
+    serve.add_argument("--shutdown-delay", type=float, default=0.0,
+                       help="seconds to keep serving after SIGTERM with /readyz failing (endpoint propagation)")
     serve.add_argument("--shutdown-timeout", type=float, default=25.0,
                        help="seconds to finish in-flight reviews after SIGTERM")
     serve.add_argument("--cert-check-interval", type=float, default=2.0,

@@ -127,6 +127,7 @@ class ServeOptions(WebhookOptions):
     serviceaccount_lookup_timeout: float = Field(default=2.0, gt=0, le=25)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=3 * 1024 * 1024 + 65536)
     shutdown_timeout: float = Field(default=25.0, gt=0, le=300)
+    shutdown_delay: float = Field(default=0.0, ge=0, le=300)
     cert_check_interval: float = Field(default=2.0, gt=0, le=3600)
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     disable_cert_rotation: bool = False

@@ -237,6 +237,10 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             cert.refresh()
             handler.policy.refresh()
         health.shutting_down = True
+        if options.shutdown_delay > 0:
+            # Readiness is now failing; keep serving while endpoints drop this replica, then stop accepting.
+            log.info("shutting down: not ready, still serving", extra={"delay": options.shutdown_delay})
+            await asyncio.sleep(options.shutdown_delay)
         log.info("shutting down: no new connections, finishing in-flight reviews")
     finally:
         for runner in runners:
