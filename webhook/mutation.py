@@ -55,9 +55,10 @@ JSON = Any
 PatchOp = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceAccountInfo:
-    """The part of a ServiceAccount the webhook uses (what the cache keeps, to bound memory)."""
+    """The part of a ServiceAccount the webhook uses (what the cache keeps, to bound memory: slots, interned
+    keys and namespaces, one shared empty mapping)."""
 
     namespace: str
     name: str
