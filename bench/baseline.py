@@ -24,13 +24,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert-dir", required=True)
+    parser.add_argument("--reuse-port", action="store_true", help="for several baseline processes on one port")
     args = parser.parse_args()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(f"{args.cert_dir}/tls.crt", f"{args.cert_dir}/tls.key")
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_post("/mutate-v1-pod", mutate)
-    web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=context, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=context, access_log=None, print=None,
+                reuse_port=args.reuse_port or None)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a cache miss may spend on a live GET before the pod is denied")
     serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
     serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the webhook port (SO_REUSEPORT), each with its own cache")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-state-dir", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--shutdown-delay", type=float, default=0.0,
                        help="seconds to keep serving after SIGTERM with /readyz failing (endpoint propagation)")
     serve.add_argument("--shutdown-timeout", type=float, default=25.0,
@@ -200,6 +204,12 @@ def run_serve(args: argparse.Namespace) -> int:
     logs.setup(options.log_level)
     _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
     policy = _policy(options)
+    if options.workers > 1 and options.worker_index is None:
+        from webhook.workers import supervise
+
+        if args.objects:
+            _static_source(args.objects)  # report unreadable files once, before starting workers
+        return asyncio.run(supervise(options, list(args.raw_argv)))
     metrics = Metrics()
     source: ServiceAccountSource
     rotator = None
@@ -216,8 +226,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 NATIVE_SIDECAR_MIN_VERSION
         source = ClusterServiceAccounts(api, metrics, lookup_timeout=options.serviceaccount_lookup_timeout,
                                         client_factory=lambda: _api_client(options.kubeconfig))
-        if not options.disable_cert_rotation:
-            rotator = _rotator(api, options)
+        if not options.disable_cert_rotation and not options.worker_index:
+            rotator = _rotator(api, options)  # with --workers, only worker 0 rotates
     handler = AdmissionHandler(_config(options, native), source, metrics, policy)
     run_event_loop(serve(options, handler, rotator=rotator), options.event_loop)
     return 0
@@ -390,7 +400,9 @@ def _print(outputs: list[Any], output: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.raw_argv = raw
     try:
         if args.command == "version":
             print(package_version())

@@ -130,6 +130,9 @@ class ServeOptions(WebhookOptions):
     shutdown_delay: float = Field(default=0.0, ge=0, le=300)
     cert_check_interval: float = Field(default=2.0, gt=0, le=3600)
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    workers: int = Field(default=1, ge=1, le=64)
+    worker_index: int | None = Field(default=None, ge=0)
+    worker_state_dir: str | None = None
     disable_cert_rotation: bool = False
     cert_secret_name: str = "azure-wi-webhook-server-cert"
     webhook_config_name: str = "azure-wi-webhook-mutating-webhook-configuration"

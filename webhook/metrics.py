@@ -30,11 +30,12 @@ class Metrics:
         self.sa_lookups = Counter(
             "wi_webhook_serviceaccount_lookups", "ServiceAccount lookups by where the answer came from "
             "(cache, live, missing, error).", ["source"], registry=self.registry)
+        # With --workers, each worker has its own cache: report the largest, and synced only if all are.
         self.cache_size = Gauge("wi_webhook_serviceaccount_cache_size", "ServiceAccounts held in the cache.",
-                                registry=self.registry)
+                                registry=self.registry, multiprocess_mode="livemax")
         self.cache_synced = Gauge("wi_webhook_serviceaccount_cache_synced",
                                   "1 when the ServiceAccount cache has listed successfully and is watching.",
-                                  registry=self.registry)
+                                  registry=self.registry, multiprocess_mode="livemin")
         self.watch_errors = Counter("wi_webhook_serviceaccount_watch_errors",
                                     "Failed list/watch calls against the API server.", registry=self.registry)
         self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",

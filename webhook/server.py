@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -182,6 +185,17 @@ def health_app(health: Health) -> web.Application:
     return app
 
 
+def write_worker_state(options: ServeOptions, health: Health) -> None:
+    """A worker's readiness, for the supervisor's /readyz (atomic replace; read by another process)."""
+    if options.worker_state_dir is None:
+        return
+    ok, detail = health.ready()
+    path = Path(options.worker_state_dir) / f"worker-{options.worker_index}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"ready": ok, "detail": detail, "time": time.time(), "pid": os.getpid()}))
+    tmp.replace(path)
+
+
 def metrics_app(metrics: Metrics) -> web.Application:
     async def scrape(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(metrics.registry))
@@ -193,12 +207,12 @@ def metrics_app(metrics: Metrics) -> web.Application:
     return app
 
 
-async def _start(app: web.Application, addr: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None,
-                 shutdown_timeout: float = 5.0) -> web.AppRunner:
+async def start_site(app: web.Application, addr: tuple[str, int], *, ssl_context: ssl.SSLContext | None = None,
+                     shutdown_timeout: float = 5.0, reuse_port: bool = False) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, addr[0] or None, addr[1], reuse_address=True, ssl_context=ssl_context,
-                       shutdown_timeout=shutdown_timeout)
+                       shutdown_timeout=shutdown_timeout, reuse_port=reuse_port or None)
     await site.start()
     return runner
 
@@ -213,30 +227,40 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             loop.add_signal_handler(sig, stop.set)
     cert = ServingCertificate(options.webhook_cert_dir, options.tls_min_version, handler.metrics)
     health = Health(cert, handler.source, rotator)
-    runners = [await _start(health_app(health), parse_addr(options.health_addr)),
-               await _start(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
+    worker = options.worker_index is not None  # --workers: the supervisor serves health and metrics
+    runners = [] if worker else [await start_site(health_app(health), parse_addr(options.health_addr)),
+                                 await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
+
+    def report() -> None:
+        if worker:
+            write_worker_state(options, health)
+
     handler.source.start()
     if rotator is not None:
         rotator.start()
     try:
         deadline = loop.time() + cert_wait_timeout
         while not cert.refresh() and not stop.is_set():
+            report()
             if loop.time() > deadline:
                 raise RuntimeError(f"certs are not ready after {cert_wait_timeout:.0f}s: {cert.last_error}")
             await asyncio.sleep(0.5)
         if stop.is_set():
             return
-        webhook = await _start(webhook_app(handler, options.max_request_bytes), (options.host, options.port),
-                               ssl_context=cert.context, shutdown_timeout=options.shutdown_timeout)
+        webhook = await start_site(webhook_app(handler, options.max_request_bytes), (options.host, options.port),
+                                   ssl_context=cert.context, shutdown_timeout=options.shutdown_timeout,
+                                   reuse_port=options.workers > 1)
         runners.insert(0, webhook)
         log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":
                                    options.tls_min_version})
         while not stop.is_set():
+            report()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=options.cert_check_interval)
+                await asyncio.wait_for(stop.wait(), timeout=min(options.cert_check_interval, 1.0))
             cert.refresh()
             handler.policy.refresh()
         health.shutting_down = True
+        report()
         if options.shutdown_delay > 0:
             # Readiness is now failing; keep serving while endpoints drop this replica, then stop accepting.
             log.info("shutting down: not ready, still serving", extra={"delay": options.shutdown_delay})
