@@ -342,21 +342,32 @@ def test_workload_identity_credential_gets_a_token_with_the_injected_env(
 
 
 def test_zz_api_server_outage_and_watch_resume(env: Env, cluster: Any, webhook: WebhookProcess) -> None:
-    """Runs last in this module: stops the shared API server, then restarts it."""
+    """Runs last in this module: stops the shared API server for 30 s, then restarts it. Throughout, reviews for
+    cached ServiceAccounts are answered (called directly: no API server to call us), readiness stays up and says
+    the API server is unreachable, and the metrics show the outage."""
     review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
               "request": {"uid": "outage", "namespace": env.namespace, "operation": "CREATE",
                           "object": env.pod_body("during-outage")}}
     cluster.stop_apiserver()
+    answered = 0
     try:
-        status, body = webhook.post(orjson.dumps(review))  # cached ServiceAccount: still mutated
-        response = orjson.loads(body)["response"]
-        assert status == 200 and response["allowed"] is True and response["patch"]
-        eventually(lambda: "wi_webhook_serviceaccount_cache_synced 0.0" in
-                   webhook.get(webhook.metrics_port, "/metrics")[1], timeout=30)
+        outage_ends = time.monotonic() + 30
+        while time.monotonic() < outage_ends:
+            status, body = webhook.post(orjson.dumps(review))  # cached ServiceAccount: still mutated
+            response = orjson.loads(body)["response"]
+            assert status == 200 and response["allowed"] is True and response["patch"]
+            answered += 1
+            time.sleep(0.5)
+        assert "wi_webhook_serviceaccount_cache_synced 0.0" in webhook.get(webhook.metrics_port, "/metrics")[1]
+        errors = [line for line in webhook.get(webhook.metrics_port, "/metrics")[1].splitlines()
+                  if line.startswith("wi_webhook_serviceaccount_watch_errors_total")]
+        assert errors and float(errors[0].split()[-1]) > 0
         ready_status, ready_text = webhook.get(webhook.health_port, "/readyz")
         assert ready_status == 200 and "unreachable" in ready_text
+        assert webhook.proc.poll() is None
     finally:
         cluster.start_apiserver()
+    assert answered >= 30
     eventually(lambda: "wi_webhook_serviceaccount_cache_synced 1.0" in
                webhook.get(webhook.metrics_port, "/metrics")[1], timeout=60)
     new_client = "99999999-8888-7777-6666-555555555555"
