@@ -615,7 +615,9 @@ def test_deployment_defaults() -> None:
     assert spec["revisionHistoryLimit"] == 10
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
-    assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["terminationGracePeriodSeconds"] == 35  # 5 s shutdown delay + 25 s in-flight grace + slack
+    args = manager(objects)["args"]
+    assert "--workers=1" in args and "--shutdown-delay=5" in args
     assert pod["topologySpreadConstraints"] == [{
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
         "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]}, "matchLabelKeys": ["pod-template-hash"],
