@@ -616,8 +616,6 @@ def test_deployment_defaults() -> None:
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["terminationGracePeriodSeconds"] == 35  # 5 s shutdown delay + 25 s in-flight grace + slack
-    args = manager(objects)["args"]
-    assert "--workers=1" in args and "--shutdown-delay=5" in args
     assert pod["topologySpreadConstraints"] == [{
         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
         "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]}, "matchLabelKeys": ["pod-template-hash"],
@@ -628,7 +626,8 @@ def test_deployment_defaults() -> None:
     assert "command" not in container  # the image ENTRYPOINT is `wi-webhook serve`
     assert container["args"] == [
         "--log-level=info", "--metrics-addr=:8095", "--health-addr=:9440", "--port=9443", "--webhook-cert-dir=/certs",
-        "--tls-min-version=1.3", "--native-sidecar=auto", f"--cert-secret-name={SECRET_NAME}",
+        "--tls-min-version=1.3", "--native-sidecar=auto", "--workers=1", "--shutdown-delay=5",
+        f"--cert-secret-name={SECRET_NAME}",
         f"--webhook-config-name={MWC_NAME}", f"--service-name={SERVICE_NAME}", "--cert-check-rotation-interval=12h",
         "--cert-renew-before=2160h",
     ]
