@@ -97,6 +97,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
     },
     "policy": {"policy": POLICY},
+    "serviceaccount-validator": {"serviceAccountValidator": {"enabled": True}, "policy": POLICY},
+    "serviceaccount-validator-cert-manager": {"serviceAccountValidator": {"enabled": True, "failurePolicy": "Fail"},
+                                              "certificates": {"mode": "certManager"}},
     "fail-open": {
         "failurePolicy": "Ignore",
         "timeoutSeconds": 10,
@@ -298,7 +301,8 @@ def test_every_object_is_labelled_like_the_reference() -> None:
                 if obj["kind"] == "ServiceMonitor" else labels["release"] == RELEASE
             assert labels["azure-workload-identity.io/system"] == "true"
             assert labels["app.kubernetes.io/instance"] == RELEASE
-            if obj["kind"] not in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}:
+            if obj["kind"] not in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                                   "ValidatingWebhookConfiguration"}:
                 assert obj["metadata"]["namespace"] == NS
 
 
@@ -864,3 +868,34 @@ def test_readme_documents_every_value() -> None:
     assert not missing, f"values missing from the README table: {missing}"
     for text in ("selfManaged", "certManager", "existingSecret", "Upgrading from the reference chart"):
         assert text in readme
+
+
+@pytest.mark.parametrize("mode", ["selfManaged", "certManager", "existingSecret"])
+def test_serviceaccount_validator(mode: str) -> None:
+    certificates: dict[str, Any] = {"mode": mode}
+    if mode == "existingSecret":
+        certificates["existingSecret"] = {"name": "mine", "caBundle": "Y2E="}
+    assert find(render({"certificates": certificates}), "ValidatingWebhookConfiguration") == []
+    objects = render({"certificates": certificates, "serviceAccountValidator": {"enabled": True}})
+    config = one(objects, "ValidatingWebhookConfiguration", "azure-wi-webhook-validating-webhook-configuration")
+    [hook] = config["webhooks"]
+    assert hook["name"] == "serviceaccounts.azure-workload-identity.io"
+    assert hook["clientConfig"]["service"]["path"] == "/validate-v1-serviceaccount"
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+    assert hook["rules"][0]["resources"] == ["serviceaccounts"]
+    assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert "objectSelector" not in hook and "reinvocationPolicy" not in hook
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == [NS, "kube-system", "kube-node-lease"]
+    args = manager(objects)["args"]
+    role = one(objects, "ClusterRole")
+    vwc_rules = [r for r in role["rules"] if "validatingwebhookconfigurations" in r["resources"]]
+    if mode == "selfManaged":
+        assert "--validating-webhook-config-name=azure-wi-webhook-validating-webhook-configuration" in args
+        assert vwc_rules and vwc_rules[0]["resourceNames"] == ["azure-wi-webhook-validating-webhook-configuration"]
+    else:
+        assert not any(a.startswith("--validating-webhook-config-name") for a in args) and not vwc_rules
+    if mode == "certManager":
+        assert "cert-manager.io/inject-ca-from" in config["metadata"]["annotations"]
+    if mode == "existingSecret":
+        assert hook["clientConfig"]["caBundle"] == "Y2E="
+    assert "serviceAccountValidator" in helm_error({"serviceAccountValidator": {"enabled": "yes"}})

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import jsonschema
 import pytest
 import yaml
@@ -182,3 +183,33 @@ def test_helm_template_style_output(check: Any) -> None:
     # `helm template` prints "# Source:" comments and empty documents between objects
     code, out, _ = check([None, workload("Deployment"), None, SA], "-o", "json")
     assert code == 0 and json.loads(out)["summary"]["objects"] == 1
+
+
+def test_running_pods_stale_and_not_injected() -> None:
+    from tests.support import annotated_sa, config
+    from tests.support import pod as make_pod
+    from webhook.check import check_running_pods
+    from webhook.mutation import mutate_pod
+
+    sa_before = annotated_sa()
+    injected = make_pod("injected")
+    patched = jsonpatch.apply_patch(injected, mutate_pod(injected, "ns", sa_before, config()).patch)
+    plain = make_pod("plain")
+    unlabelled = make_pod("unlabelled")
+    unlabelled["metadata"]["labels"] = {}
+    report = check_running_pods([patched, plain, unlabelled], lambda ns, name: sa_before)
+    assert [(f.rule, f.name) for f in report.findings] == [("WI013", "plain")]
+    assert report.objects == 2 and report.injected == 1
+    sa_after = annotated_sa(client_id="11111111-1111-1111-1111-111111111111")
+    report = check_running_pods([patched], lambda ns, name: sa_after)
+    assert [f.rule for f in report.findings] == ["WI012"] and "restart" in report.findings[0].message
+    report = check_running_pods([patched], lambda ns, name: None)
+    assert "no longer exists" in report.findings[0].message
+
+
+def test_check_needs_input(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    assert main(["check"]) == 2
+    assert "-f PATH" in capsys.readouterr().err
+    assert main(["check", "--cluster"]) == 2
+    assert "--kubeconfig" in capsys.readouterr().err

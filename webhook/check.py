@@ -22,9 +22,9 @@ import jsonpatch
 import orjson
 
 from webhook.config import MutationConfig
-from webhook.constants import USE_LABEL
+from webhook.constants import STATUS_ANNOTATION, USE_LABEL
 from webhook.manifests import Manifest, service_account_info
-from webhook.mutation import ServiceAccountInfo
+from webhook.mutation import ServiceAccountInfo, annotations_hash
 from webhook.policy import RULES, Mode, NamespaceInfo, Policy, admit, check_service_account
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -39,6 +39,12 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 WORKLOAD_KINDS = ("Pod", *TEMPLATE_PATHS)
 LABEL_RULE = ("WI011", "label-not-on-pod-template",
               f"move the {USE_LABEL}: \"true\" label to the pod template's metadata.labels")
+STALE_RULE = ("WI012", "stale-identity",
+              "restart the workload (kubectl rollout restart) so its pods get the ServiceAccount's current identity")
+NOT_INJECTED_RULE = ("WI013", "not-injected",
+                     "recreate the pod: it opted in but was admitted without the webhook (created before the install "
+                     "or while the webhook was unavailable with failurePolicy Ignore)")
+CHECK_ONLY_RULES = {r[0]: r for r in (LABEL_RULE, STALE_RULE, NOT_INJECTED_RULE)}
 
 
 class CheckInputError(ValueError):
@@ -60,7 +66,9 @@ class Item:
 
     @property
     def rule_name(self) -> str:
-        return RULES[self.rule].name if self.rule in RULES else LABEL_RULE[1]
+        if self.rule in RULES:
+            return RULES[self.rule].name
+        return CHECK_ONLY_RULES[self.rule][1] if self.rule in CHECK_ONLY_RULES else "denied"
 
 
 @dataclass
@@ -176,6 +184,44 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
     return report
 
 
+def check_running_pods(pods: list[dict[str, Any]],
+                       find_sa: Callable[[str, str], ServiceAccountInfo | None]) -> Report:
+    """`check --cluster`: running pods that opted in but were not injected (WI013), or whose ServiceAccount's
+    identity annotations changed since injection (WI012, from the `wi-webhook/status` hash)."""
+    report = Report()
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        labels, annotations = metadata.get("labels") or {}, metadata.get("annotations") or {}
+        if labels.get(USE_LABEL) != "true":
+            continue
+        namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+        sa_name = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
+        report.objects += 1
+        report.checked.append(("cluster", 0, "Pod", namespace, name))
+
+        def item(rule: tuple[str, str, str], message: str, ns: str = namespace, pod_name: str = name) -> Item:
+            return Item(rule[0], Mode.WARN.value, "cluster", 0, 1, "Pod", ns, pod_name, "", f"{message} ({rule[2]})")
+
+        raw = annotations.get(STATUS_ANNOTATION)
+        if raw is None:
+            report.findings.append(item(NOT_INJECTED_RULE, f"pod {namespace}/{name} has the {USE_LABEL} label but "
+                                                           "no workload identity was injected"))
+            continue
+        report.injected += 1
+        try:
+            recorded = orjson.loads(raw).get("annotationsHash")
+        except (orjson.JSONDecodeError, AttributeError):
+            recorded = None
+        sa = find_sa(namespace, sa_name)
+        if sa is None:
+            report.findings.append(item(STALE_RULE, f"ServiceAccount {namespace}/{sa_name} of pod {name} no longer "
+                                                    "exists"))
+        elif recorded != annotations_hash(sa):
+            report.findings.append(item(STALE_RULE, f"ServiceAccount {namespace}/{sa_name} changed its identity "
+                                                    f"annotations after pod {name} was injected"))
+    return report
+
+
 def _apply_to_workload(obj: dict[str, Any], pod: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
     mutated_pod = jsonpatch.apply_patch(pod, patch)
     kind = obj.get("kind")
@@ -215,7 +261,8 @@ _SARIF_LEVEL = {"enforce": "error", "warn": "warning", "audit": "note"}
 def _rule_catalogue() -> Iterable[tuple[str, str, str, str]]:
     for rule in RULES.values():
         yield rule.id, rule.name, rule.fix, rule.default.value
-    yield LABEL_RULE[0], LABEL_RULE[1], LABEL_RULE[2], Mode.WARN.value
+    for rid, name, fix in CHECK_ONLY_RULES.values():
+        yield rid, name, fix, Mode.WARN.value
     yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value
 
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from webhook import logs
+from webhook.check import Report as CheckReport
 from webhook.config import (
     ConfigError,
     MutationConfig,
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Secret in $POD_NAMESPACE holding ca.crt/ca.key/tls.crt/tls.key")
     rotation.add_argument("--webhook-config-name", default="azure-wi-webhook-mutating-webhook-configuration",
                           help="MutatingWebhookConfiguration whose caBundle is kept current")
+    rotation.add_argument("--validating-webhook-config-name", default="",
+                          help="also keep this ValidatingWebhookConfiguration's caBundle current (ServiceAccount "
+                               "validator)")
     rotation.add_argument("--service-name", default="azure-wi-webhook-webhook-service",
                           help="Service the serving certificate is issued for (<svc>.<ns>.svc)")
     rotation.add_argument("--cert-check-rotation-interval", default="12h", help="how often to check expiry")
@@ -116,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="run the webhook's mutation and policy over manifests (for CI)")
     _common_flags(check)
-    check.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+    check.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
                        help="manifests: file, directory (recursive) or - for stdin (repeatable)")
+    check.add_argument("--cluster", action="store_true",
+                       help="check the running pods of the --kubeconfig cluster instead of manifests: opted-in pods "
+                            "that were not injected (WI013) or run with a stale identity (WI012)")
     check.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
                        help="more ServiceAccounts/Namespaces (repeatable)")
     check.add_argument("--kubeconfig", default=None,
@@ -254,6 +261,7 @@ def _rotator(api: Any, options: ServeOptions) -> Any:
     namespace = os.environ.get("POD_NAMESPACE") or "azure-workload-identity-system"
     return CertRotator(api, RotationSettings(
         namespace=namespace, secret_name=options.cert_secret_name, webhook_config_name=options.webhook_config_name,
+        validating_config_name=options.validating_webhook_config_name,
         hosts=service_hosts(options.service_name, namespace) + list(options.cert_host),
         renew_before=parse_duration(options.cert_renew_before),
         check_interval=parse_duration(options.cert_check_rotation_interval)))
@@ -295,9 +303,53 @@ def run_mutate(args: argparse.Namespace) -> int:
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    from webhook.check import CheckInputError, render_json, render_junit, render_sarif, render_text, run_check
+    from webhook.check import render_json, render_junit, render_sarif, render_text
 
     options: WebhookOptions = _options(WebhookOptions, args)
+    report: CheckReport
+    if args.cluster:
+        report = _check_cluster(args)
+    else:
+        if not args.filename:
+            raise UsageError("check needs -f PATH (manifests) or --cluster --kubeconfig FILE")
+        report = _check_manifests(args, options)
+    if args.output == "json":
+        sys.stdout.write(render_json(report))
+    elif args.output == "sarif":
+        sys.stdout.write(render_sarif(report, package_version()))
+    elif args.output == "junit":
+        sys.stdout.write(render_junit(report, args.warnings_as_errors))
+    else:
+        sys.stdout.write(render_text(report))
+        if report.mutated:
+            sys.stdout.write("---\n" + yaml.safe_dump_all(report.mutated, sort_keys=False))
+    return report.exit_code(args.warnings_as_errors)
+
+
+def _check_cluster(args: argparse.Namespace) -> CheckReport:
+    from kubernetes.client.exceptions import ApiException
+
+    from webhook.check import check_running_pods
+
+    if not args.kubeconfig:
+        raise UsageError("--cluster needs --kubeconfig FILE (the cluster whose running pods to check)")
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(_api_client(args.kubeconfig))  # raw responses (_preload_content=False)
+    try:
+        if args.namespace:
+            raw = core.list_namespaced_pod(args.namespace, _preload_content=False)
+        else:
+            raw = core.list_pod_for_all_namespaces(_preload_content=False)
+    except ApiException as exc:
+        raise UsageError(f"--cluster: cannot list pods: {exc.status} {exc.reason}") from None
+    find_sa, _ = _with_cluster(StaticServiceAccounts([]), args.kubeconfig)
+    return check_running_pods(orjson.loads(raw.data).get("items") or [], lambda ns, name: find_sa(ns, name).sa)
+
+
+def _check_manifests(args: argparse.Namespace, options: WebhookOptions) -> CheckReport:
+    from webhook.check import CheckInputError, run_check
+
     config = _config(options, native_sidecar=options.native_sidecar == "true")
     policy = _policy(options).current
     namespace = args.namespace or "default"
@@ -310,21 +362,10 @@ def run_check_command(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         find_sa, find_namespace = _with_cluster(known, args.kubeconfig)
     try:
-        report = run_check(manifests, config, policy, lambda ns, name: find_sa(ns, name).sa, find_namespace,
-                           namespace, show_mutated=args.show_mutated)
+        return run_check(manifests, config, policy, lambda ns, name: find_sa(ns, name).sa, find_namespace,
+                         namespace, show_mutated=args.show_mutated)
     except CheckInputError as exc:
         raise UsageError(str(exc)) from None
-    if args.output == "json":
-        sys.stdout.write(render_json(report))
-    elif args.output == "sarif":
-        sys.stdout.write(render_sarif(report, package_version()))
-    elif args.output == "junit":
-        sys.stdout.write(render_junit(report, args.warnings_as_errors))
-    else:
-        sys.stdout.write(render_text(report))
-        if report.mutated:
-            sys.stdout.write("---\n" + yaml.safe_dump_all(report.mutated, sort_keys=False))
-    return report.exit_code(args.warnings_as_errors)
 
 
 def _with_cluster(known: StaticServiceAccounts, kubeconfig: str) -> tuple[Any, Any]:

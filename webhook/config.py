@@ -136,6 +136,7 @@ class ServeOptions(WebhookOptions):
     disable_cert_rotation: bool = False
     cert_secret_name: str = "azure-wi-webhook-server-cert"
     webhook_config_name: str = "azure-wi-webhook-mutating-webhook-configuration"
+    validating_webhook_config_name: str = ""
     service_name: str = "azure-wi-webhook-webhook-service"
     cert_check_rotation_interval: str = "12h"
     cert_renew_before: str = "2160h"

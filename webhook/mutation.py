@@ -202,9 +202,14 @@ def status_annotation(sa: ServiceAccountInfo, result: MutationResult, config: Mu
     Deterministic for the same inputs, so reinvocation stays a no-op; `check --cluster` can compare the hash with
     the ServiceAccount's current annotations to find pods running with a stale identity.
     """
-    digest = hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
     return orjson.dumps({"version": config.webhook_version, "env": result.env_names, "volume": result.volume_name,
-                         "mountPath": MOUNT_PATH, "serviceAccount": sa.name, "annotationsHash": digest}).decode()
+                         "mountPath": MOUNT_PATH, "serviceAccount": sa.name,
+                         "annotationsHash": annotations_hash(sa)}).decode()
+
+
+def annotations_hash(sa: ServiceAccountInfo) -> str:
+    """12 hex chars of sha256 over the ServiceAccount's `azure.workload.identity/*` annotations (sorted JSON)."""
+    return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 def _annotation_ops(metadata: Mapping[str, Any], key: str, value: str) -> list[PatchOp]:

@@ -45,6 +45,7 @@ class RotationSettings:
     secret_name: str
     webhook_config_name: str
     hosts: list[str]
+    validating_config_name: str = ""
     renew_before: float = 90 * 86400.0
     check_interval: float = 12 * 3600.0
 
@@ -171,24 +172,32 @@ class CertRotator:
         return b"".join(base64.b64decode(hook.client_config.ca_bundle or "") for hook in config.webhooks or [])
 
     def _inject_ca(self, ca_pem: bytes) -> None:
+        """Write the caBundle into the mutating (and, if configured, the validating) webhook configuration."""
+        self._inject_into("mutating", self.settings.webhook_config_name, ca_pem)
+        if self.settings.validating_config_name:
+            self._inject_into("validating", self.settings.validating_config_name, ca_pem)
+
+    def _inject_into(self, kind: str, name: str, ca_pem: bytes) -> None:
         from kubernetes.client.exceptions import ApiException
 
+        read = getattr(self._admission, f"read_{kind}_webhook_configuration")
+        replace = getattr(self._admission, f"replace_{kind}_webhook_configuration")
         wanted = base64.b64encode(ca_pem).decode()
         for _ in range(5):
-            config = self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)
+            config = read(name)
             stale = [w for w in config.webhooks or [] if w.client_config.ca_bundle != wanted]
             if not stale:
                 return
             for hook in stale:
                 hook.client_config.ca_bundle = wanted
             try:
-                self._admission.replace_mutating_webhook_configuration(self.settings.webhook_config_name, config)
-                log.info("injected CA bundle", extra={"webhook-configuration": self.settings.webhook_config_name})
+                replace(name, config)  # carries the resourceVersion read: compare-and-swap
+                log.info("injected CA bundle", extra={"webhook-configuration": name})
                 return
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-        raise RuntimeError("mutating webhook configuration kept changing; giving up this round")
+        raise RuntimeError(f"{kind} webhook configuration {name} kept changing; giving up this round")
 
 
 MAX_PREVIOUS_CAS = 3

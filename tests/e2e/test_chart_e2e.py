@@ -15,6 +15,7 @@ from tests.test_chart import render
 
 SA = "azure-wi-webhook-admin"
 MWC = "azure-wi-webhook-mutating-webhook-configuration"
+VWC = "azure-wi-webhook-validating-webhook-configuration"
 SECRET = "azure-wi-webhook-server-cert"
 
 
@@ -32,6 +33,8 @@ def delete_all(api: Any, objects: list[dict[str, Any]]) -> None:
     dynamic_paths = {
         "MutatingWebhookConfiguration": lambda o: client.AdmissionregistrationV1Api(api)
         .delete_mutating_webhook_configuration(o["metadata"]["name"]),
+        "ValidatingWebhookConfiguration": lambda o: client.AdmissionregistrationV1Api(api)
+        .delete_validating_webhook_configuration(o["metadata"]["name"]),
         "ClusterRole": lambda o: client.RbacAuthorizationV1Api(api).delete_cluster_role(o["metadata"]["name"]),
         "ClusterRoleBinding": lambda o: client.RbacAuthorizationV1Api(api)
         .delete_cluster_role_binding(o["metadata"]["name"]),
@@ -57,7 +60,8 @@ def test_chart_objects_are_accepted_and_rbac_is_least_privilege(cluster: Any, mo
     api = cluster.api_client()
     namespace = f"wi-chart-{uuid.uuid4().hex[:8]}"
     values: dict[str, Any] = {"certificates": {"mode": mode}, "networkPolicy": {"enabled": True},
-                              "podDisruptionBudget": {"minAvailable": 1}}
+                              "podDisruptionBudget": {"minAvailable": 1},
+                              "serviceAccountValidator": {"enabled": True}}
     if mode == "existingSecret":
         values["certificates"]["existingSecret"] = {"name": "my-cert", "caBundle": "Y2E="}
     objects = render(values, namespace=namespace)
@@ -68,7 +72,8 @@ def test_chart_objects_are_accepted_and_rbac_is_least_privilege(cluster: Any, mo
         applied = apply_all(api, objects, namespace)
         kinds = {o["kind"] for o in applied}
         assert {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
-                "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding", "NetworkPolicy"} <= kinds
+                "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding",
+                "NetworkPolicy"} <= kinds
         # What every mode needs: the ServiceAccount (and Namespace) caches.
         for verb in ("get", "list", "watch"):
             assert can(api, namespace, verb, "serviceaccounts")
@@ -78,6 +83,10 @@ def test_chart_objects_are_accepted_and_rbac_is_least_privilege(cluster: Any, mo
         assert can(api, namespace, "update", "secrets", name=SECRET, in_namespace=namespace) is self_managed
         assert can(api, namespace, "update", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io",
                    name=MWC) is self_managed
+        assert can(api, namespace, "update", "validatingwebhookconfigurations", group="admissionregistration.k8s.io",
+                   name=VWC) is self_managed
+        assert not can(api, namespace, "update", "validatingwebhookconfigurations",
+                       group="admissionregistration.k8s.io", name="someone-elses-validator")
         # Never: other Secrets, Secrets elsewhere, listing Secrets, other webhook configurations, pods.
         assert not can(api, namespace, "get", "secrets", name="other", in_namespace=namespace)
         assert not can(api, namespace, "list", "secrets", in_namespace=namespace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import ssl
 import threading
 import time
@@ -339,6 +340,33 @@ def test_workload_identity_credential_gets_a_token_with_the_injected_env(
     monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", injected["AZURE_FEDERATED_TOKEN_FILE"])
     with pytest.raises(ClientAuthenticationError, match="AADSTS70021"):
         WorkloadIdentityCredential().get_token("https://management.azure.com/.default")
+
+
+def test_check_cluster_reports_stale_and_not_injected_pods(env: Env, cluster: Any) -> None:
+    import subprocess
+    import sys
+
+    env.service_account("rotating", **{f"{WI}/client-id": CLIENT_ID})
+    env.create(env.pod_body("before-edit", sa="rotating"))
+    other = f"{env.namespace}-unwatched"  # not selected by the webhook configuration: the pod is not injected
+    env.core.create_namespace({"metadata": {"name": other}})
+    Env(env.api, other).service_account("workload")
+    Env(env.api, other).create(Env(env.api, other).pod_body("missed"))
+    env.core.patch_namespaced_service_account("rotating", env.namespace, {
+        "metadata": {"annotations": {f"{WI}/client-id": "11111111-2222-3333-4444-555555555555"}}})
+
+    def check(namespace: str) -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-m", "webhook.cli", "check", "--cluster", "--kubeconfig",
+                                 str(cluster.kubeconfig), "-n", namespace, "-o", "json"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "AZURE_TENANT_ID": TENANT})
+        assert result.returncode == 0, result.stderr
+        report: dict[str, Any] = orjson.loads(result.stdout)
+        return report
+
+    stale = [f for f in check(env.namespace)["findings"] if f["name"] == "before-edit"]
+    assert [f["rule"] for f in stale] == ["WI012"]
+    missed = check(other)["findings"]
+    assert [(f["rule"], f["name"]) for f in missed] == [("WI013", "missed")]
 
 
 def test_zz_api_server_outage_and_watch_resume(env: Env, cluster: Any, webhook: WebhookProcess) -> None:

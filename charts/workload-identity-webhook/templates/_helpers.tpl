@@ -13,6 +13,7 @@ Object names are fixed and identical to the reference chart, so this chart can r
 {{- define "wi-webhook.metricsServiceName" -}}azure-wi-webhook-metrics-service{{- end }}
 {{- define "wi-webhook.deploymentName" -}}azure-wi-webhook-controller-manager{{- end }}
 {{- define "wi-webhook.webhookConfigName" -}}azure-wi-webhook-mutating-webhook-configuration{{- end }}
+{{- define "wi-webhook.validatingConfigName" -}}azure-wi-webhook-validating-webhook-configuration{{- end }}
 {{- define "wi-webhook.roleName" -}}azure-wi-webhook-manager-role{{- end }}
 {{- define "wi-webhook.roleBindingName" -}}azure-wi-webhook-manager-rolebinding{{- end }}
 {{- define "wi-webhook.certificateName" -}}azure-wi-webhook-serving-cert{{- end }}
