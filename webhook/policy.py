@@ -377,12 +377,20 @@ def admit(pod: Any, namespace: str, sa: ServiceAccountInfo | None, config: Mutat
         mode = policy.mode_for(rid, overrides)
         if mode is not Mode.OFF:
             findings.append(Finding(rid, mode, message, container))
-    enforced = [f for f in findings if f.mode is Mode.ENFORCE]
-    if enforced:
-        message = "; ".join(f"{f.text()} (fix: {RULES[f.rule].fix})" for f in enforced)
-        result = MutationResult(denial=Denial(message, reason="PolicyViolation", code=403),
-                                volume_name=result.volume_name, expiration_seconds=result.expiration_seconds)
+    denial = enforce_denial(findings)
+    if denial is not None:
+        result = MutationResult(denial=denial, volume_name=result.volume_name,
+                                expiration_seconds=result.expiration_seconds)
     return Decision(result, findings)
+
+
+def enforce_denial(findings: list[Finding]) -> Denial | None:
+    """The 403 denial for the enforce-mode findings (each with its rule, message and fix), or None."""
+    enforced = [f for f in findings if f.mode is Mode.ENFORCE]
+    if not enforced:
+        return None
+    return Denial("; ".join(f"{f.text()} (fix: {RULES[f.rule].fix})" for f in enforced),
+                  reason="PolicyViolation", code=403)
 
 
 def check_service_account(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy | None = None,

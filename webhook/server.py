@@ -27,7 +27,7 @@ from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
 from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref
-from webhook.policy import RULES, Decision, Finding, Mode, admit, check_service_account
+from webhook.policy import Decision, Finding, Mode, admit, check_service_account, enforce_denial
 from webhook.policyfile import PolicyFile
 from webhook.rotation import CertRotator
 from webhook.serviceaccounts import ServiceAccountSource
@@ -105,10 +105,7 @@ class AdmissionHandler:
             namespace_info = await self.source.namespace(sa.namespace) if policy.namespace_overrides else None
             findings = check_service_account(sa, self.config, policy, namespace_info)
             self._record(findings, request.uid, sa.namespace, sa.name)
-            enforced = [f for f in findings if f.mode is Mode.ENFORCE]
-            if enforced:
-                result = MutationResult(denial=Denial("; ".join(f"{f.text()} (fix: {RULES[f.rule].fix})"
-                                                                for f in enforced), "PolicyViolation", 403))
+            result = MutationResult(denial=enforce_denial(findings))
         decision = Decision(result, findings)
         return review_response(request, result, decision.warnings, decision.audit_annotations)
 
