@@ -60,3 +60,10 @@ def test_certs_generate_and_version(capsys: pytest.CaptureFixture[str], tmp_path
     capsys.readouterr()
     assert main(["version"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_reference_serve_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--version"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["serve", "--metrics-backend", "statsd", "--objects", SAS]) == 2
+    assert "--metrics-backend" in capsys.readouterr().err

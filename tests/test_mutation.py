@@ -178,6 +178,8 @@ def test_go_parse_int_matches_go() -> None:
         go_parse_int("", 32)
     with pytest.raises(ValueError, match="invalid syntax"):
         go_parse_int("1_000", 32)
+    with pytest.raises(ValueError, match="invalid syntax"):
+        go_parse_int("7200\n", 64)  # a YAML block scalar's trailing newline: Go rejects it too
 
 
 # §2/§3.4 skip containers ------------------------------------------------------------------------------------
@@ -479,6 +481,8 @@ def test_token_file_constant_matches_mount() -> None:
     ({"spec": {"initContainers": [{"name": "i", "env": "x"}]}}, "spec.initContainers[0].env must be a list"),
     ({"spec": {"containers": [{"volumeMounts": [1]}]}}, "spec.containers[0].volumeMounts[0] must be an object"),
     ({"spec": {"volumes": [None]}}, "spec.volumes[0] must be an object"),
+    ({"spec": {"containers": [{"name": "a", "env": [{"name": ["x"]}]}]}}, "spec.containers[0].env[0].name must be"),
+    ({"spec": {"containers": [{"name": "a", "volumeMounts": [{"name": 1}]}]}}, "volumeMounts[0].name must be"),
     ({"spec": {"serviceAccountName": 3}}, "spec.serviceAccountName must be a string"),
     ({"spec": {"hostNetwork": "yes"}}, "spec.hostNetwork must be a boolean"),
 ])

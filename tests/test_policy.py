@@ -198,3 +198,16 @@ def test_service_account_validation() -> None:
                                                     ("WI007", Mode.ENFORCE)}
     assert check_service_account(annotated_sa(), config()) == []
     assert check_service_account(sa(), config()) == []  # no client-id is not a ServiceAccount error
+
+
+def test_namespace_labels_cannot_weaken_access_rules() -> None:
+    policy = parse_policy({**IDENTITIES, "namespaces": {"deny": ["locked"]}})
+    sneaky = NamespaceInfo("locked", labels={"wi-webhook/off": "all"})
+    denied = admit(pod(sa_name="api"), "locked", annotated_sa(name="api", namespace="locked"), config(), policy,
+                   sneaky)
+    assert denied.denial is not None and {f.rule for f in denied.findings} >= {"WI004", "WI008"}
+    warn = parse_policy({**IDENTITIES, "modes": {"WI004": "warn"}})
+    stricter = NamespaceInfo("team-b", labels={"wi-webhook/enforce": "WI004"})
+    decision = admit(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), warn,
+                     stricter)
+    assert decision.denial is not None  # making a rule stricter is always allowed

@@ -87,3 +87,26 @@ def test_trusted_cas_overlap_previous_ca_while_valid() -> None:
     assert trusted_cas({"ca.crt": new.cert_pem}) == new.cert_pem
     expired = certs.generate_ca(days=0)  # expired by the time it is checked (X.509 times are whole seconds)
     assert trusted_cas({"ca.crt": new.cert_pem, "ca-previous.crt": expired.cert_pem}) == new.cert_pem
+
+
+def test_live_lookups_do_not_write_into_the_watch_cache() -> None:
+    import asyncio
+
+    from webhook.cache import ListWatchCache
+
+    class Response:
+        data = b'{"metadata": {"name": "sa", "namespace": "ns", "resourceVersion": "1"}}'
+
+    class Cache(ListWatchCache[str, str]):
+        def _read_call(self, key: str, timeout: float) -> Response:
+            return Response()
+
+        def _shrink(self, obj: dict[str, object]) -> tuple[str, str]:
+            return "ns/sa", "version-1"
+
+    cache = Cache()
+    try:
+        assert asyncio.run(cache.fetch("ns/sa")) == "version-1"
+        assert cache.cached("ns/sa") is None  # only the watch writes: a slow GET never overwrites newer data
+    finally:
+        cache.stop()

@@ -31,6 +31,11 @@ def test_advice(error: str, diagnosis: str, fix: str) -> None:
     assert diagnosis in got_diagnosis and fix in got_fix
 
 
+def test_fic_command_uses_the_token_audience() -> None:
+    _, fix = advice_for("AADSTS70021", {**CLAIMS, "aud": ["api://AzureADTokenExchangeChina"]}, ENV)
+    assert "--audience api://AzureADTokenExchangeChina" in fix
+
+
 def test_decode_claims() -> None:
     payload = base64.urlsafe_b64encode(json.dumps(CLAIMS).encode()).decode().rstrip("=")
     assert decode_claims(f"e30.{payload}.sig") == CLAIMS

@@ -67,15 +67,17 @@ class ListWatchCache(Generic[K, V]):
         return self._store.get(key)
 
     async def fetch(self, key: K) -> V | None:
-        """Live GET for a cache miss; None when the object does not exist; raises LookupFailed otherwise."""
+        """Live GET for a cache miss; None when the object does not exist; raises LookupFailed otherwise.
+
+        The answer is not written into the cache: only the watch writes, so a slow GET can never overwrite a
+        newer version (or resurrect a deletion) that the watch delivered meanwhile.
+        """
         loop = asyncio.get_running_loop()
         try:
             found = await asyncio.wait_for(loop.run_in_executor(self._pool, self._read, key),
                                            timeout=self._lookup_timeout + 0.5)
         except Exception as exc:
             raise LookupFailed(f"{type(exc).__name__}: {exc}".strip()) from exc
-        if found is not None:
-            self._store[key] = found
         return found
 
     def ready(self) -> tuple[bool, str]:
@@ -101,7 +103,8 @@ class ListWatchCache(Generic[K, V]):
             # Closing a socket another thread reads from may race; the stop flag ends the loop either way.
             with contextlib.suppress(Exception):
                 response.close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wait_synced(self, timeout: float) -> bool:

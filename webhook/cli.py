@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serviceaccount-lookup-timeout", type=float, default=2.0,
                        help="seconds a cache miss may spend on a live GET before the pod is denied")
     serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
+    serve.add_argument("--metrics-backend", default="prometheus",
+                       help="accepted for compatibility with the reference; prometheus is the only backend")
+    serve.add_argument("--version", action="store_true", help="print the version and exit (as the reference)")
     serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes sharing the webhook port (SO_REUSEPORT), each with its own cache")
@@ -206,6 +209,12 @@ def _api_client(kubeconfig: str | None) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     from webhook.metrics import Metrics
     from webhook.server import AdmissionHandler, serve
+
+    if args.version:
+        print(package_version())
+        return 0
+    if args.metrics_backend.lower() != "prometheus":
+        raise UsageError(f"--metrics-backend: {args.metrics_backend!r} is not supported; use prometheus")
 
     options: ServeOptions = _options(ServeOptions, args)
     logs.setup(options.log_level)

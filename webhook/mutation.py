@@ -228,13 +228,13 @@ def wants_proxy(annotations: Mapping[str, str]) -> bool:
     return value is not None and value.strip().lower() != "false"
 
 
-_GO_INT = re.compile(r"^[+-]?[0-9]+$")
+_GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def go_parse_int(text: str, bits: int) -> int:
     """strconv.ParseInt(text, 10, bits) with Go's error text, so messages match the reference."""
     quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if not _GO_INT.match(text):
+    if not _GO_INT.fullmatch(text):  # fullmatch: `$` alone would accept a trailing newline
         raise ValueError(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
     value = int(text)
     if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
@@ -519,13 +519,16 @@ def _check_shape(pod: JSON) -> None:
 def _check_container(container: dict[str, Any], where: str) -> None:
     for key in ("env", "volumeMounts"):
         items = container.get(key)
-        if items is None or (type(items) is list and all(type(item) is dict for item in items)):
+        if items is None or (type(items) is list and all(
+                type(item) is dict and type(item.get("name", "")) is str for item in items)):
             continue  # the common case, checked cheaply
         if not isinstance(items, list):
             raise PodShapeError(f"{where}.{key} must be a list")
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise PodShapeError(f"{where}.{key}[{index}] must be an object")
+            if item.get("name") is not None and not isinstance(item["name"], str):
+                raise PodShapeError(f"{where}.{key}[{index}].name must be a string")
 
 
 def _check_string_map(value: JSON, where: str) -> None:

@@ -87,6 +87,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 )}
 RULES_BY_NAME = {r.name: r for r in RULES.values()}
 ALWAYS_ENFORCED = {"WI009"}  # reference denials are never weakened (WI007's reference range is in the mutation)
+# The policy file's access rules: a namespace label may make them stricter but never weaker, or anyone who can
+# label a namespace could claim another team's identity.
+NO_WEAKENING = {"WI004", "WI008"}
+_STRICTNESS = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
 OVERRIDE_PREFIX = "wi-webhook/"
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -173,11 +177,13 @@ class Policy(_Strict):
     def mode_for(self, rid: str, overrides: Mapping[str, Mode] | None = None) -> Mode:
         if rid in ALWAYS_ENFORCED:
             return Mode.ENFORCE
+        configured = self.modes.get(rid, RULES[rid].default)
         if overrides and rid in overrides and self.namespace_overrides:
-            return overrides[rid]
-        if rid in self.modes:
-            return self.modes[rid]
-        return RULES[rid].default
+            override = overrides[rid]
+            if rid in NO_WEAKENING and _STRICTNESS[override] < _STRICTNESS[configured]:
+                return configured
+            return override
+        return configured
 
 
 _DEFAULT_POLICY = Policy()

@@ -48,6 +48,10 @@ class RotationSettings:
     validating_config_name: str = ""
     renew_before: float = 90 * 86400.0
     check_interval: float = 12 * 3600.0
+    # Besides the expiry check, re-read the Secret and webhook configurations this often, so a caBundle cleared
+    # by `kubectl replace` or a GitOps sync, or an emptied Secret, is repaired within a minute (the reference
+    # reacts to watch events; two GETs a minute per replica are cheaper than two more watches).
+    repair_interval: float = 60.0
 
 
 def _valid_until(pem: bytes | None) -> dt.datetime | None:
@@ -120,7 +124,7 @@ class CertRotator:
                 self.done_once.set()
                 self.last_error = ""
                 delay = 1.0
-                self._stop.wait(self.settings.check_interval)
+                self._stop.wait(min(self.settings.check_interval, self.settings.repair_interval))
             except Exception as exc:  # API errors: retry with back-off, keep serving the current certificate
                 self.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("certificate rotation failed; retrying", extra={"error": self.last_error})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+import tempfile
 from pathlib import Path
 
 from webhook.metrics import Metrics
@@ -38,20 +39,34 @@ class ServingCertificate:
         self.loaded = False
         self.last_error = ""
 
-    def _read_digest(self) -> str | None:
+    def _read(self) -> tuple[bytes, bytes] | None:
         try:
-            return hashlib.sha256(self.cert_file.read_bytes() + b"\0" + self.key_file.read_bytes()).hexdigest()
+            return self.cert_file.read_bytes(), self.key_file.read_bytes()
         except OSError as exc:
             self.last_error = f"cannot read {exc.filename}: {exc.strerror}"
             return None
 
     def refresh(self) -> bool:
-        """Load the pair if it changed since the last successful load; return True when a new pair is in use."""
-        digest = self._read_digest()
-        if digest is None or digest == self._digest:
+        """Load the pair if it changed since the last successful load; return True when a new pair is in use.
+
+        The bytes are read once and proven to load into a scratch context before the live context sees them:
+        OpenSSL would otherwise install a new certificate, reject a mismatched key and leave the live context
+        with no usable pair (every handshake failing until a good pair appears).
+        """
+        pair = self._read()
+        if pair is None:
+            return False
+        digest = hashlib.sha256(pair[0] + b"\0" + pair[1]).hexdigest()
+        if digest == self._digest:
             return False
         try:
-            self.context.load_cert_chain(str(self.cert_file), str(self.key_file))
+            with tempfile.TemporaryDirectory(prefix="wi-webhook-tls-") as tmp:
+                cert_copy, key_copy = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+                cert_copy.write_bytes(pair[0])
+                key_copy.touch(mode=0o600)
+                key_copy.write_bytes(pair[1])
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_copy, key_copy)  # validate first
+                self.context.load_cert_chain(cert_copy, key_copy)  # the same bytes: cannot fail differently
         except (ssl.SSLError, OSError) as exc:
             self.last_error = f"cannot load {self.cert_file} / {self.key_file}: {exc}"
             log.warning("serving certificate not loaded; keeping the previous one", extra={"error": self.last_error})
