@@ -148,6 +148,9 @@ def test_junit_parses_back(check: Any, tmp_path: Path) -> None:
     ("- just\n- a list\n", "document 1 (line 1) is a list"),
     ("metadata: {name: x}\n", "document 1 (line 1) has no kind"),
     ("kind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.template.spec is missing"),
+    ("kind: Deployment\nmetadata: {name: d}\nspec: {template: {metadata: [1], spec: {}}}\n",
+     "spec.template.metadata must be a mapping"),
+    ("kind: Pod\nmetadata: [1]\nspec: {}\n", "metadata must be a mapping"),
 ])
 def test_broken_input_exits_2_naming_file_and_document(tmp_path: Path, content: str, message: str,
                                                         capsys: pytest.CaptureFixture[str],

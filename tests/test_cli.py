@@ -67,3 +67,10 @@ def test_reference_serve_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip()
     assert main(["serve", "--metrics-backend", "statsd", "--objects", SAS]) == 2
     assert "--metrics-backend" in capsys.readouterr().err
+
+
+def test_mutate_malformed_pod_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Pod\nmetadata: [1]\nspec: {}\n")
+    assert main(["mutate", "-f", str(bad), "--objects", SAS]) == 2
+    assert "metadata must be an object" in capsys.readouterr().err

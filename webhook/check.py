@@ -95,7 +95,9 @@ class Report:
 
 
 def _name(obj: dict[str, Any]) -> str:
-    metadata = obj.get("metadata") or {}
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        return ""
     return str(metadata.get("name") or metadata.get("generateName") or "")
 
 
@@ -118,6 +120,8 @@ def pod_from_workload(manifest: Manifest, namespace: str) -> dict[str, Any]:
         path = ".".join(TEMPLATE_PATHS[str(kind)])
         raise CheckInputError(f"{where}: {path}.spec is missing or not a mapping")
     metadata = copy.deepcopy(template.get("metadata") or {})
+    if not isinstance(metadata, dict):
+        raise CheckInputError(f"{where}: {'.'.join(TEMPLATE_PATHS[str(kind)])}.metadata must be a mapping")
     metadata.pop("name", None)
     metadata["generateName"] = f"{_name(obj)}-"
     metadata["namespace"] = namespace
@@ -125,7 +129,8 @@ def pod_from_workload(manifest: Manifest, namespace: str) -> dict[str, Any]:
 
 
 def _label_on(obj: Any) -> bool:
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {} if isinstance(obj, dict) else {}
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
     return isinstance(labels, dict) and labels.get(USE_LABEL) == "true"
 
 
@@ -141,8 +146,10 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
             raise CheckInputError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}) has no "
                                   "kind; every Kubernetes object needs apiVersion and kind")
         metadata = obj.get("metadata") or {}
-        namespace = str(metadata.get("namespace") or default_namespace) if isinstance(metadata, dict) \
-            else default_namespace
+        if not isinstance(metadata, dict):
+            raise CheckInputError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, {kind}): "
+                                  "metadata must be a mapping")
+        namespace = str(metadata.get("namespace") or default_namespace)
 
         def item(rule: str, mode: str, message: str, container: str = "", where: Manifest = manifest,
                  ns: str = namespace, kind: str = kind, name: str = _name(obj)) -> Item:

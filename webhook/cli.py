@@ -292,7 +292,8 @@ def run_mutate(args: argparse.Namespace) -> int:
     denied = 0
     for manifest in pods:
         pod = manifest.obj
-        namespace = args.namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+        metadata = pod.get("metadata")
+        namespace = args.namespace or (metadata.get("namespace") if isinstance(metadata, dict) else None) or "default"
         try:
             ref = pod_ref(pod, namespace)
         except ValueError as exc:
