@@ -86,10 +86,6 @@ class ListWatchCache(Generic[K, V]):
         state = "watching" if self._connected else "API server unreachable, serving cached objects"
         return True, f"{len(self._store)} {self.kind}s cached; {state}"
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
     def __len__(self) -> int:
         return len(self._store)
 
@@ -106,9 +102,6 @@ class ListWatchCache(Generic[K, V]):
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def wait_synced(self, timeout: float) -> bool:
-        return self._synced.wait(timeout)
 
     # -- watch thread ----------------------------------------------------------------------------------------
     def _read(self, key: K) -> V | None:

@@ -179,10 +179,6 @@ class ClusterServiceAccounts:
             return ok and ns_ok, f"{detail}; {ns_detail}"
         return ok, detail
 
-    @property
-    def connected(self) -> bool:
-        return self.accounts.connected
-
     def start(self) -> None:
         self.accounts.start()
         if self.namespaces is not None:
@@ -192,9 +188,6 @@ class ClusterServiceAccounts:
         self.accounts.stop()
         if self.namespaces is not None:
             self.namespaces.stop()
-
-    def wait_synced(self, timeout: float) -> bool:
-        return self.accounts.wait_synced(timeout)
 
     def __len__(self) -> int:
         return len(self.accounts)
