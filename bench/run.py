@@ -2,8 +2,10 @@
 
 Builds the Go load generator (bench/loadgen, stdlib only), starts each server pinned to CPU 0 (taskset) and
 drives it from CPU 1 over TLS keep-alive: saturation throughput, latency percentiles at fixed rates (open loop,
-measured from the scheduled send time), and new-connection handshakes/s; with a small (~3 KB) and a large
-(~200 KB) realistic pod. Prints a table and the ratio ours/baseline. Not a test: nothing is asserted.
+measured from dispatch, including any wait for a free connection), and new-connection handshakes/s. Pods are a
+small (~4 KB) and a large (~200 KB) realistic one, each as a burst of identical pods (a Deployment scale-up) and
+as distinct pods (every decision computed). A Go server with a fixed answer shows the harness's own floor.
+Prints a table and the ratio ours/baseline. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -33,27 +35,52 @@ metadata:
 """
 
 
-def pod(size: str) -> dict[str, Any]:
+def pod(size: str, scenario: str) -> dict[str, Any]:
+    """A pod as the API server sends it to mutating webhooks: with managedFields and the kube-api-access-xxxxx
+    token volume (a fresh random name per request) that its ServiceAccount admission plugin has already added.
+
+    burst: a Deployment scale-up (generateName; the pods are identical but for that volume name).
+    distinct: every pod named differently (like a StatefulSet), so every decision is computed.
+    """
+    token = "kube-api-access-{{rand5}}"
     containers = [{"name": f"c{i}", "image": f"registry.example.com/team/app-{i}:1.2.3",
                    "ports": [{"containerPort": 8080 + i, "protocol": "TCP"}],
                    "env": [{"name": f"SETTING_{j}", "value": f"value-{j}"} for j in range(12)],
                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-                   "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                   "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                                    {"name": token, "readOnly": True,
+                                     "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + i}}} for i in range(3)]
     annotations = {"azure.workload.identity/service-account-token-expiration": "7200"}
     if size == "large":  # a kubectl last-applied-configuration of a big workload
         annotations["kubectl.kubernetes.io/last-applied-configuration"] = "x" * (196 * 1024)
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"generateName": "app-7d9f8c-", "namespace": "bench", "annotations": annotations,
-                         "labels": {"app": "app", "azure.workload.identity/use": "true"}},
+    metadata: dict[str, Any] = {
+        "namespace": "bench", "annotations": annotations,
+        "labels": {"app": "app", "pod-template-hash": "7d9f8c", "azure.workload.identity/use": "true"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-7d9f8c",
+                             "uid": "5f1c1e4e-8a4b-4d0e-9a53-0d6f2b1c7e11", "controller": True,
+                             "blockOwnerDeletion": True}],
+        "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                           "time": "2026-11-27T21:26:24Z", "fieldsType": "FieldsV1",
+                           "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}}}}}]}
+    if scenario == "burst":
+        metadata["generateName"] = "app-7d9f8c-"
+    else:
+        metadata["name"] = "app-{{seq}}"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
             "spec": {"serviceAccountName": "app", "containers": containers,
-                     "volumes": [{"name": "data", "emptyDir": {}}]}}
+                     "volumes": [{"name": "data", "emptyDir": {}},
+                                 {"name": token, "projected": {"defaultMode": 420, "sources": [
+                                     {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                                     {"configMap": {"name": "kube-root-ca.crt",
+                                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}]}}
 
 
-def review(size: str) -> bytes:
+def review(size: str, scenario: str = "burst") -> bytes:
+    """The AdmissionReview; {{uid}}, {{seq}} and {{rand5}} are filled per request by the load generator."""
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                       "request": {"uid": "bench", "namespace": "bench", "operation": "CREATE",
-                                   "object": pod(size)}}).encode()
+                       "request": {"uid": "{{uid}}", "namespace": "bench", "operation": "CREATE",
+                                   "object": pod(size, scenario)}}).encode()
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -75,7 +102,9 @@ def pin(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
-def server_commands(name: str, port: int, workers: int, tmp: Path) -> list[list[str]]:
+def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path) -> list[list[str]]:
+    if name == "go floor":  # the harness floor: a Go server with a fixed answer
+        return [[str(binary), "-serve", f"127.0.0.1:{port}", "-cert-dir", str(tmp / "certs")]]
     if name == "baseline":  # N bare processes sharing the port, like `--workers N`
         return [[sys.executable, str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir",
                  str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else [])] for _ in range(workers)]
@@ -90,6 +119,9 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
                          capture_output=True, text=True, timeout=300, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
+
+
+SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
 
 
 def main() -> int:
@@ -110,14 +142,16 @@ def main() -> int:
         for workers in (int(w) for w in args.workers.split(",")):
             server_cpu, load_cpu = ("0", "1") if workers == 1 else ("0,1", "0,1")
             for size in args.sizes.split(","):
-                body = tmp / f"{size}.json"
-                body.write_bytes(review(size))
-                for name in ("baseline", "wi-webhook"):
+                for name, scenario in SERVERS:
+                    if name == "go floor" and workers > 1:
+                        continue
+                    body = tmp / f"{size}-{scenario}.json"
+                    body.write_bytes(review(size, scenario))
                     port = free_port()
                     procs = [subprocess.Popen([*pin(server_cpu), *command], env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL)
-                             for command in server_commands(name, port, workers, tmp)]
-                    label = f"{name} x{workers}"
+                             for command in server_commands(name, port, workers, tmp, binary)]
+                    label = f"{name} x{workers}" + (f" {scenario}" if name == "wi-webhook" else "")
                     try:
                         wait_port(port, procs[0])
                         url = f"https://127.0.0.1:{port}/mutate-v1-pod"
@@ -140,18 +174,21 @@ def main() -> int:
 
 
 def report(rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-    print(f"{'pod':6} {'server':14} {'load':11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+    print(f"{'pod':6} {'server':27} {'load':11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
           f"{'errors':>6}")
     for size, name, load, r in rows:
-        print(f"{size:6} {name:14} {load:11} {r['per_second']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+        print(f"{size:6} {name:27} {load:11} {r['per_second']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
               f"{r['p999_ms']:9.2f} {r['errors']:6d}")
     print("\nratio wi-webhook / baseline (throughput):")
     index = {(s, n, load): r for s, n, load, r in rows}
     for size, name, load, r in rows:
         if name.startswith("baseline"):
             workers = name.split()[-1]
-            ours = index[(size, f"wi-webhook {workers}", load)]
-            print(f"  {workers:3} {size:6} {load:11} {ours['per_second'] / max(r['per_second'], 1e-9):5.2f}")
+            for scenario in ("burst", "distinct"):
+                ours = index.get((size, f"wi-webhook {workers} {scenario}", load))
+                if ours:
+                    print(f"  {workers:3} {size:6} {scenario:9} {load:11} "
+                          f"{ours['per_second'] / max(r['per_second'], 1e-9):5.2f}")
 
 
 if __name__ == "__main__":

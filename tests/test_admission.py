@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from tests.support import annotated_sa, config, pod
-from webhook.admission import BadReview, parse_review, review_response
+from webhook.admission import (
+    BadReview,
+    parse_review,
+    response_body,
+    response_fields,
+    response_tail,
+    review_response,
+)
 from webhook.mutation import Denial, MutationResult, mutate_pod
 
 
@@ -36,6 +43,20 @@ def test_denial_and_empty_patch() -> None:
     assert denied == {"uid": "u-1", "allowed": False, "status": {"code": 400, "message": "nope", "reason": "R"}}
     empty = orjson.loads(review_response(request, MutationResult(), warnings=["w"]))["response"]
     assert empty == {"uid": "u-1", "allowed": True, "warnings": ["w"]}
+
+
+@pytest.mark.parametrize("uid", ["u-1", 'quote " and \\ and \u2603 and \u0000'])
+def test_spliced_reply_is_exactly_the_encoded_review(uid: str) -> None:
+    """The reply is assembled from the encoded uid and a per-decision tail; it must equal encoding it whole."""
+    request = parse_review(review(uid=uid))
+    for result, warnings, audit in ((mutate_pod(request.pod, "ns", annotated_sa(), config()), ["w"], {"k": "v"}),
+                                    (MutationResult(denial=Denial("nope \"x\"", "R", 403)), None, None),
+                                    (MutationResult(), None, None)):
+        fields = response_fields(result, warnings, audit)
+        expected = orjson.dumps({"apiVersion": request.api_version, "kind": "AdmissionReview",
+                                 "response": {"uid": uid, **fields}})
+        assert review_response(request, result, warnings, audit) == expected
+        assert response_body(request, response_tail(fields)) == expected
 
 
 @pytest.mark.parametrize(("body", "message"), [

@@ -70,7 +70,13 @@ def encode_patch(patch: list[dict[str, Any]]) -> str:
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
                     audit_annotations: dict[str, str] | None = None) -> bytes:
     """Serialise the AdmissionReview reply for a mutation result."""
-    response: dict[str, Any] = {"uid": request.uid, "allowed": result.denial is None}
+    return response_body(request, response_tail(response_fields(result, warnings, audit_annotations)))
+
+
+def response_fields(result: MutationResult, warnings: list[str] | None = None,
+                    audit_annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """The AdmissionResponse without its uid: the part that depends only on the decision (remembered per pod)."""
+    response: dict[str, Any] = {"allowed": result.denial is None}
     if result.denial is not None:
         response["status"] = {"code": result.denial.code, "message": result.denial.message,
                               "reason": result.denial.reason}
@@ -81,4 +87,19 @@ def review_response(request: ReviewRequest, result: MutationResult, warnings: li
         response["warnings"] = warnings
     if audit_annotations:
         response["auditAnnotations"] = audit_annotations
-    return orjson.dumps({"apiVersion": request.api_version, "kind": "AdmissionReview", "response": response})
+    return response
+
+
+def response_tail(fields: dict[str, Any]) -> bytes:
+    """The encoded AdmissionResponse fields after the uid, encoded once per decision (see response_body)."""
+    return b"," + orjson.dumps(fields)[1:] + b"}"
+
+
+def response_body(request: ReviewRequest, tail: bytes) -> bytes:
+    """The AdmissionReview reply: the request's apiVersion, its uid, then the decision's encoded fields.
+
+    Byte for byte what orjson gives for {"apiVersion", "kind", "response": {"uid", **fields}}; only the uid and the
+    apiVersion are encoded per request.
+    """
+    return b"".join((b'{"apiVersion":', orjson.dumps(request.api_version), b',"kind":"AdmissionReview","response":'
+                     b'{"uid":', orjson.dumps(request.uid), tail))

@@ -38,6 +38,9 @@ class Metrics:
                                   registry=self.registry, multiprocess_mode="livemin")
         self.watch_errors = Counter("wi_webhook_serviceaccount_watch_errors",
                                     "Failed list/watch calls against the API server.", registry=self.registry)
+        self.decision_cache = Counter(
+            "wi_webhook_decision_cache", "Reviews answered from a remembered decision for an identical pod (hit) "
+            "or computed and remembered (miss).", ["result"], registry=self.registry)
         self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",
                                 ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",

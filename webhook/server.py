@@ -16,14 +16,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from webhook.admission import BadReview, parse_review, review_response
+from webhook.admission import BadReview, parse_review, response_body, review_response
 from webhook.config import MutationConfig, ServeOptions, parse_addr
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
+from webhook.decisions import Answer, DecisionCache, Remembered
 from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
 from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref
@@ -44,47 +46,71 @@ class AdmissionHandler:
     source: ServiceAccountSource
     metrics: Metrics = field(default_factory=Metrics)
     policy: PolicyFile = field(default_factory=lambda: PolicyFile(None))
+    decisions: DecisionCache = field(default_factory=DecisionCache)
+    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     async def review(self, body: bytes) -> bytes:
         """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
         started = time.perf_counter()
         request = parse_review(body)
-        decision = await self._decide(request.pod, request.namespace)
-        result = decision.result
-        self._record(decision.findings, request.uid, request.namespace, _pod_name(request.pod))
-        if result.denial is not None:
-            outcome = "denied"
+        answer = await self._answer(request.pod, request.namespace)
+        decision = answer.decision
+        if decision.findings:
+            self._record(decision.findings, request.uid, request.namespace, _pod_name(request.pod))
+        if decision.result.denial is not None:
             log.warning("pod denied", extra={"uid": request.uid, "namespace": request.namespace,
-                                            "pod": _pod_name(request.pod), "reason": result.denial.reason,
-                                            "error": result.denial.message, "dry-run": request.dry_run})
-        else:
-            outcome = "mutated" if result.patch else "skipped"
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace,
-                                                 "pod": _pod_name(request.pod), "decision": outcome,
-                                                 "containers": result.injected_containers,
-                                                 "skipped": result.skipped_containers})
-        answer = review_response(request, result, decision.warnings, decision.audit_annotations)
+                                            "pod": _pod_name(request.pod), "reason": decision.result.denial.reason,
+                                            "error": decision.result.denial.message, "dry-run": request.dry_run})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace,
+                                             "pod": _pod_name(request.pod), "decision": answer.outcome,
+                                             "containers": decision.result.injected_containers,
+                                             "skipped": decision.result.skipped_containers})
+        body_out = response_body(request, answer.tail)
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(outcome, request.namespace).inc()
-        self.metrics.duration.observe(elapsed)
-        self.metrics.reference_duration.labels(request.namespace, "webhook").observe(elapsed)
-        return answer
+        self._observe(answer.outcome, request.namespace, elapsed)
+        return body_out
 
-    async def _decide(self, pod: object, namespace: str) -> Decision:
-        try:
-            ref = pod_ref(pod, namespace)
-        except PodShapeError as exc:
-            return Decision(MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod")))
+    def _observe(self, outcome: str, namespace: str, elapsed: float) -> None:
+        """Per-request metrics; the labelled children are looked up once per (outcome, namespace)."""
+        children = self._children.get((outcome, namespace))
+        if children is None:
+            children = (self.metrics.requests.labels(outcome, namespace),
+                        self.metrics.reference_duration.labels(namespace, "webhook"))
+            self._children[(outcome, namespace)] = children
+        children[0].inc()
+        self.metrics.duration.observe(elapsed)
+        children[1].observe(elapsed)
+
+    async def _answer(self, pod: object, namespace: str) -> Answer:
+        """The decision for this pod: remembered when an identical pod met the very same inputs (see
+        webhook/decisions.py), computed by the pure core otherwise."""
+        key = self.decisions.key(namespace, pod)
+        entry = self.decisions.get(key) if key is not None else None
+        if entry is not None:
+            ref = entry.ref  # identical pod bytes and namespace: the same ref
+        else:
+            try:
+                ref = pod_ref(pod, namespace)
+            except PodShapeError as exc:
+                return Answer.of(Decision(MutationResult(denial=Denial(f"couldn't decode pod: {exc}",
+                                                                       reason="BadPod"))))
         lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
-            return Decision(MutationResult(denial=Denial(
+            return Answer.of(Decision(MutationResult(denial=Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
                 "(the API server could not be reached in time; retry the request)",
-                reason="ServiceAccountLookupFailed", code=500)))
+                reason="ServiceAccountLookupFailed", code=500))))
         policy = self.policy.current
         namespace_info = await self.source.namespace(ref.namespace) if policy.namespace_overrides else None
-        return admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref)
+        if entry is not None and entry.valid_for(lookup.sa, namespace_info, policy, self.config):
+            self.metrics.decision_cache.labels("hit").inc()
+            return entry.answer
+        answer = Answer.of(admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref))
+        if key is not None and lookup.source == "cache" and lookup.sa is not None:
+            self.metrics.decision_cache.labels("miss").inc()
+            self.decisions.put(key, Remembered(ref, lookup.sa, namespace_info, policy, self.config, answer))
+        return answer
 
     def _record(self, findings: list[Finding], uid: str, namespace: str, name: str) -> None:
         for finding in findings:

@@ -1,8 +1,10 @@
 // loadgen drives an HTTPS admission endpoint for the benchmarks in bench/run.py.
 //
 // Modes: "sat" (closed loop: -conns keep-alive connections, as fast as the server answers), "rate" (open loop at a
-// fixed -rate; latency is measured from each request's scheduled start, so queueing is not hidden) and
-// "handshake" (a new TLS connection per request). Prints one JSON object. Only used against 127.0.0.1.
+// fixed -rate; latency is measured from each request's dispatch, before it waits for a free connection, so
+// queueing is not hidden) and
+// "handshake" (a new TLS connection per request). The body may contain {{uid}}, {{seq}} and {{rand5}}, filled per
+// request (see split). Prints one JSON object. Only used against 127.0.0.1.
 package main
 
 import (
@@ -13,9 +15,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,7 +46,13 @@ func main() {
 	rate := flag.Int("rate", 1000, "requests per second (rate mode)")
 	duration := flag.Duration("duration", 10*time.Second, "how long to run")
 	warmup := flag.Duration("warmup", 2*time.Second, "warm-up, not measured")
+	serve := flag.String("serve", "", "instead: serve a fixed allow answer on this address (the harness floor)")
+	certDir := flag.String("cert-dir", "", "with -serve: directory with tls.crt and tls.key")
 	flag.Parse()
+	if *serve != "" {
+		floor(*serve, *certDir)
+		return
+	}
 
 	body, err := os.ReadFile(*bodyFile)
 	check(err)
@@ -58,8 +68,14 @@ func main() {
 		ForceAttemptHTTP2: false,
 	}
 	client := &http.Client{Transport: transport, Timeout: 15 * time.Second}
+	parts := split(body)
+	var seq int64
+	buffers := sync.Pool{New: func() any { return make([]byte, 0, len(body)+64) }}
 	do := func() bool {
-		resp, err := client.Post(*url, "application/json", bytes.NewReader(body))
+		buf := buffers.Get().([]byte)
+		payload := fill(parts, atomic.AddInt64(&seq, 1), buf)
+		defer buffers.Put(payload) //nolint:staticcheck // a slice header; reused after the request completes
+		resp, err := client.Post(*url, "application/json", bytes.NewReader(payload))
 		if err != nil {
 			return false
 		}
@@ -104,7 +120,10 @@ func main() {
 				if wait := time.Until(next); wait > 0 {
 					time.Sleep(wait)
 				}
-				schedule <- next
+				// Stamp the actual dispatch time, not `next`: Go's poller wakes sub-millisecond sleeps up to 1 ms
+				// late, which is the generator's lateness, not the server's. Waiting for a free connection (the
+				// server falling behind) still counts, since the stamp is taken before the queue.
+				schedule <- time.Now()
 				next = next.Add(interval)
 			}
 			close(schedule)
@@ -142,6 +161,71 @@ func main() {
 	}
 	out, _ := json.Marshal(run(*duration, true))
 	fmt.Println(string(out))
+}
+
+// The body may hold placeholders, filled per request as the API server would: {{uid}} (the request uid), {{seq}}
+// (a counter, e.g. for distinct pod names) and {{rand5}} (the 5 random characters of a generated
+// kube-api-access-xxxxx volume). The body is split once; each request assembles its copy in a pooled buffer and
+// sends it in one piece, as the API server's client does.
+var placeholders = [][]byte{[]byte("{{uid}}"), []byte("{{seq}}"), []byte("{{rand5}}")}
+
+type part struct {
+	literal     []byte
+	placeholder int // -1 for a literal
+}
+
+func split(body []byte) []part {
+	var parts []part
+	for len(body) > 0 {
+		at, which := len(body), -1
+		for i, p := range placeholders {
+			if j := bytes.Index(body, p); j >= 0 && j < at {
+				at, which = j, i
+			}
+		}
+		if at > 0 {
+			parts = append(parts, part{literal: body[:at], placeholder: -1})
+		}
+		if which < 0 {
+			break
+		}
+		parts = append(parts, part{placeholder: which})
+		body = body[at+len(placeholders[which]):]
+	}
+	return parts
+}
+
+func fill(parts []part, n int64, buf []byte) []byte {
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	rand5 := make([]byte, 5)
+	for i := range rand5 {
+		rand5[i] = alphabet[rand.Intn(len(alphabet))]
+	}
+	values := [][]byte{[]byte(fmt.Sprintf("00000000-0000-4000-8000-%012d", n)), []byte(strconv.FormatInt(n, 10)),
+		rand5}
+	buf = buf[:0]
+	for _, p := range parts {
+		if p.placeholder >= 0 {
+			buf = append(buf, values[p.placeholder]...)
+		} else {
+			buf = append(buf, p.literal...)
+		}
+	}
+	return buf
+}
+
+// floor is a Go net/http server answering every review with a fixed allow: what this machine and harness can do
+// at best, so the latency figures of the Python servers can be read against it.
+func floor(addr, certDir string) {
+	answer := []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}`)
+	http.HandleFunc("/mutate-v1-pod", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(answer)
+	})
+	server := &http.Server{Addr: addr, ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13}}
+	check(server.ListenAndServeTLS(certDir+"/tls.crt", certDir+"/tls.key"))
 }
 
 func check(err error) {
