@@ -8,6 +8,9 @@ Two parts:
 2. Fed: in a fresh process with the server's imports, the cache's own list code (`_list`, pages of 500 raw JSON
    objects, exactly what the API server returns) is fed N ServiceAccounts; reports list time and RSS for
    0, 10k and 100k.
+3. Served: the whole `wi-webhook serve` process, with its kubeconfig pointing at a stub API server on 127.0.0.1
+   that answers the ServiceAccount and Namespace lists with the same paged JSON (and idle watches): start to
+   /readyz and RSS for 0, 10k and 100k, in seconds instead of the real API server's ~10 minutes per 100k.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -94,6 +98,92 @@ print(f"{total} {len(cache)} {seconds:.2f} {rss():.1f}")
 """
 
 
+def stub_api_server(total: int) -> tuple[Any, int]:
+    """A thread serving what the webhook's list+watch asks for, as kube-apiserver would (paged lists, continue
+    tokens, resourceVersion; watches stay open and idle). Returns (server, port)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    import orjson
+
+    def items(start: int, stop: int) -> list[dict[str, Any]]:
+        return [{"metadata": {"name": f"sa-{i:06d}", "namespace": f"team-{i % 300}", "resourceVersion": str(10**6 + i),
+                              "uid": f"00000000-0000-0000-0001-{i:012d}", "creationTimestamp": "2026-11-27T00:00:00Z",
+                              "labels": {"app.kubernetes.io/name": f"app-{i}", "team": "payments"},
+                              "annotations": {"azure.workload.identity/client-id": f"00000000-0000-0000-0000-{i:012d}",
+                                              "kubectl.kubernetes.io/last-applied-configuration": "x" * 300}}}
+                for i in range(start, stop)]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if query.get("watch") in ("true", "1"):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                time.sleep(min(float(query.get("timeoutSeconds", "30")), 30))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if url.path == "/api/v1/serviceaccounts":
+                limit = int(query.get("limit", "500"))
+                start = int(query.get("continue") or 0)
+                stop = min(start + limit, total)
+                body = {"kind": "ServiceAccountList", "apiVersion": "v1", "items": items(start, stop),
+                        "metadata": {"resourceVersion": "2000000", **({"continue": str(stop)} if stop < total else {})}}
+            elif url.path == "/api/v1/namespaces":
+                body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "2000000"},
+                        "items": [{"metadata": {"name": f"team-{i}", "resourceVersion": "1"}} for i in range(300)]}
+            else:
+                body = {"kind": "Status", "code": 404}
+            data = orjson.dumps(body)
+            self.send_response(200 if body.get("kind") != "Status" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def served(size: int, tmp: Path) -> tuple[float, float]:
+    server, port = stub_api_server(size)
+    try:
+        kubeconfig = tmp / f"stub-{size}.kubeconfig"
+        kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: stub, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: stub, user: {{token: stub}}}}]
+contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]
+current-context: stub
+""")
+        workdir = tmp / f"served-{size}"
+        workdir.mkdir()
+        started = time.monotonic()
+        webhook = WebhookProcess(workdir, ["--kubeconfig", str(kubeconfig), "--disable-cert-rotation",
+                                           "--native-sidecar", "true"],
+                                 env={"AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"})
+        try:
+            webhook.wait_ready(300)
+            ready = time.monotonic() - started
+            time.sleep(2)
+            return ready, rss_mb(webhook.proc.pid)
+        finally:
+            webhook.stop()
+    finally:
+        server.shutdown()
+
+
 def fed(size: int) -> tuple[float, float]:
     import subprocess
 
@@ -107,11 +197,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="0,10000", help="ServiceAccounts created in the real API server")
     parser.add_argument("--fed-sizes", default="0,10000,100000", help="ServiceAccounts fed to the cache code")
+    parser.add_argument("--served-sizes", default="0,10000,100000",
+                        help="ServiceAccounts listed by a whole serve process from a stub API server")
     args = parser.parse_args()
     print(f"{'fed ServiceAccounts':>19} {'list s':>7} {'RSS MB':>7}")
     for size in (int(s) for s in args.fed_sizes.split(",") if s):
         seconds, rss = fed(size)
         print(f"{size:>19} {seconds:>7.2f} {rss:>7.1f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="wi-mem-served-") as tmp:
+        print(f"{'served ServiceAccounts':>22} {'ready s':>8} {'RSS MB':>7}")
+        for size in (int(s) for s in args.served_sizes.split(",") if s):
+            ready, rss = served(size, Path(tmp))
+            print(f"{size:>22} {ready:>8.2f} {rss:>7.1f}", flush=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if not sizes:
         return 0

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -23,6 +23,53 @@ log = logging.getLogger("cache")
 
 K = TypeVar("K")
 V = TypeVar("V")
+Key_contra = TypeVar("Key_contra", contravariant=True)
+
+
+class Store(Protocol[Key_contra, V]):
+    """What the cache needs from its map (a dict, or NamespacedStore for ServiceAccounts)."""
+
+    def get(self, key: Key_contra, /) -> V | None: ...
+
+    def __setitem__(self, key: Key_contra, value: V, /) -> None: ...
+
+    def pop(self, key: Key_contra, default: None, /) -> V | None: ...
+
+    def __len__(self) -> int: ...
+
+
+class NamespacedStore(Generic[V]):
+    """A map keyed by (namespace, name), held as one dict per namespace: no key tuple per object (56 bytes each,
+    5.6 MB at 100k ServiceAccounts). Written by the watch thread only; reads are single dict lookups."""
+
+    def __init__(self) -> None:
+        self._namespaces: dict[str, dict[str, V]] = {}
+        self._size = 0
+
+    def get(self, key: tuple[str, str], /) -> V | None:
+        names = self._namespaces.get(key[0])
+        return None if names is None else names.get(key[1])
+
+    def __setitem__(self, key: tuple[str, str], value: V, /) -> None:
+        names = self._namespaces.get(key[0])
+        if names is None:
+            names = self._namespaces[key[0]] = {}
+        if key[1] not in names:
+            self._size += 1
+        names[key[1]] = value
+
+    def pop(self, key: tuple[str, str], default: None, /) -> V | None:
+        names = self._namespaces.get(key[0])
+        if names is None or key[1] not in names:
+            return default
+        self._size -= 1
+        value = names.pop(key[1])
+        if not names:
+            del self._namespaces[key[0]]
+        return value
+
+    def __len__(self) -> int:
+        return self._size
 
 
 class LookupFailed(Exception):
@@ -40,7 +87,7 @@ class ListWatchCache(Generic[K, V]):
         self._watch_timeout = watch_timeout
         self._page_size = page_size
         self._max_backoff = max_backoff
-        self._store: dict[K, V] = {}
+        self._store: Store[K, V] = self._new_store()
         self._resource_version = ""
         self._synced = threading.Event()
         self._connected = False
@@ -61,6 +108,9 @@ class ListWatchCache(Generic[K, V]):
 
     def _on_state(self, connected: bool, size: int) -> None:
         """Metrics hook, called from the watch thread."""
+
+    def _new_store(self) -> Store[K, V]:
+        return dict()
 
     # -- event loop side -------------------------------------------------------------------------------------
     def cached(self, key: K) -> V | None:
@@ -139,7 +189,7 @@ class ListWatchCache(Generic[K, V]):
         self._on_state(value, len(self._store))
 
     def _list(self) -> None:
-        store: dict[K, V] = {}
+        store = self._new_store()
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False, "_request_timeout": 60}

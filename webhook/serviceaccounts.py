@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from webhook.cache import ListWatchCache, LookupFailed, core_api
+from webhook.cache import ListWatchCache, LookupFailed, NamespacedStore, core_api
 from webhook.manifests import Manifest, service_account_info
 from webhook.metrics import Metrics
 from webhook.mutation import ServiceAccountInfo
@@ -110,6 +110,9 @@ class _ServiceAccountCache(ListWatchCache[Key, ServiceAccountInfo]):
     def _shrink(self, obj: dict[str, Any]) -> tuple[Key, ServiceAccountInfo]:
         sa = service_account_info(obj, default_namespace="")
         return (sa.namespace, sa.name), sa
+
+    def _new_store(self) -> NamespacedStore[ServiceAccountInfo]:
+        return NamespacedStore()
 
     def _on_state(self, connected: bool, size: int) -> None:
         self._metrics.cache_synced.set(1 if connected else 0)

@@ -1,0 +1,117 @@
+"""The ServiceAccount cache's data structures and its list/watch handling, fed raw API server JSON offline (the
+real API server paths are in tests/e2e)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from webhook.cache import NamespacedStore
+from webhook.manifests import Pairs, service_account_info
+from webhook.metrics import Metrics
+from webhook.mutation import ServiceAccountInfo
+from webhook.serviceaccounts import _ServiceAccountCache
+
+WI = "azure.workload.identity"
+
+
+def test_pairs_is_a_read_only_mapping() -> None:
+    pairs = Pairs({f"{WI}/client-id": "abc", f"{WI}/tenant-id": ""})
+    assert pairs[f"{WI}/client-id"] == "abc" and pairs.get(f"{WI}/tenant-id", "default") == ""
+    assert pairs.get("missing") is None and pairs.get("missing", "d") == "d"
+    assert f"{WI}/tenant-id" in pairs and "abc" not in pairs  # keys only, never values
+    assert list(pairs) == [f"{WI}/client-id", f"{WI}/tenant-id"] and len(pairs) == 2
+    assert pairs == {f"{WI}/client-id": "abc", f"{WI}/tenant-id": ""} and dict(pairs) == pairs
+    with pytest.raises(KeyError):
+        pairs["abc"]
+    assert len(Pairs({})) == 0 and "Pairs(" in repr(pairs)
+
+
+def test_service_account_info_keeps_only_identity_keys() -> None:
+    sa = service_account_info({"metadata": {
+        "name": "app", "namespace": "team", "resourceVersion": "42",
+        "annotations": {f"{WI}/client-id": "abc", "kubectl.kubernetes.io/last-applied-configuration": "x" * 300},
+        "labels": {f"{WI}/use": "true", "app": "x"}}})
+    assert (sa.namespace, sa.name, sa.resource_version) == ("team", "app", "42")
+    assert dict(sa.annotations) == {f"{WI}/client-id": "abc"} and dict(sa.labels) == {f"{WI}/use": "true"}
+    bare = service_account_info({"metadata": {"name": "default", "namespace": "team"}})
+    other = service_account_info({"metadata": {"name": "b", "namespace": "team", "annotations": {"x": "y"}}})
+    assert bare.annotations is other.annotations and len(bare.annotations) == 0  # one shared empty mapping
+
+
+def test_namespaced_store() -> None:
+    store: NamespacedStore[str] = NamespacedStore()
+    store[("a", "x")] = "1"
+    store[("a", "x")] = "2"  # a new version replaces, and is not counted twice
+    store[("b", "x")] = "3"
+    assert len(store) == 2 and store.get(("a", "x")) == "2" and store.get(("b", "x")) == "3"
+    assert store.get(("a", "y")) is None and store.get(("c", "x")) is None
+    assert store.pop(("a", "y"), None) is None and store.pop(("c", "x"), None) is None and len(store) == 2
+    assert store.pop(("a", "x"), None) == "2" and len(store) == 1 and "a" not in store._namespaces
+
+
+class Response:
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        self.data = b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+        self.released = False
+
+    def stream(self, size: int, decode_content: bool) -> Iterator[bytes]:
+        for start in range(0, len(self.data), 7):  # events split across chunks at odd places
+            yield self.data[start:start + 7]
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+def account(name: str, namespace: str, version: int, client_id: str = "") -> dict[str, Any]:
+    annotations = {f"{WI}/client-id": client_id} if client_id else {}
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": str(version),
+                         "annotations": annotations}}
+
+
+class Fed(_ServiceAccountCache):
+    """The real cache with the API calls replaced by canned list pages and watch streams."""
+
+    def __init__(self, pages: list[dict[str, Any]], watches: list[list[dict[str, Any]]]) -> None:
+        self._pages = iter(pages)
+        self._watches = iter(watches)
+        self.calls: list[dict[str, Any]] = []
+        self._metrics = Metrics()
+        from webhook.cache import ListWatchCache
+
+        ListWatchCache.__init__(self)
+
+    def _list_call(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        if kwargs.get("watch"):
+            return Response(next(self._watches))
+        page = Response([])
+        page.data = orjson.dumps(next(self._pages))
+        return page
+
+
+def test_list_in_pages_then_watch_events() -> None:
+    pages = [{"items": [account("a", "ns1", 1, "id-a"), account("b", "ns1", 2)], "metadata": {"continue": "t"}},
+             {"items": [account("c", "ns2", 3, "id-c")], "metadata": {"resourceVersion": "10"}}]
+    watch = [{"type": "ADDED", "object": account("d", "ns2", 11, "id-d")},
+             {"type": "MODIFIED", "object": account("a", "ns1", 12, "id-a2")},
+             {"type": "DELETED", "object": account("b", "ns1", 13)},
+             {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "14"}}},
+             {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}]
+    cache = Fed(pages, [watch])
+    cache._list()
+    assert len(cache) == 3 and cache.ready()[0]
+    assert [c.get("_continue") for c in cache.calls] == [None, "t"]
+    first_a = cache.cached(("ns1", "a"))
+    assert isinstance(first_a, ServiceAccountInfo) and first_a.annotations[f"{WI}/client-id"] == "id-a"
+    assert cache._watch() is True  # 410 Gone: relist
+    assert cache.calls[-1]["resource_version"] == "10"
+    assert cache._resource_version == "14"
+    assert len(cache) == 3 and cache.cached(("ns1", "b")) is None
+    new_a = cache.cached(("ns1", "a"))
+    assert new_a is not None and new_a is not first_a and new_a.annotations[f"{WI}/client-id"] == "id-a2"
+    assert cache.cached(("ns2", "d")) is not None
+    assert cache._metrics.registry.get_sample_value("wi_webhook_serviceaccount_cache_size") == 3
