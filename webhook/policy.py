@@ -32,6 +32,8 @@ from webhook.constants import (
     MAX_TOKEN_EXPIRATION,
     MIN_TOKEN_EXPIRATION,
     MOUNT_PATH,
+    PROXY_CONTAINER_NAME,
+    PROXY_INIT_CONTAINER_NAME,
     SKIP_CONTAINERS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
@@ -269,9 +271,61 @@ class Finding:
         return f"{self.rule} {self.name}: {self.message}"
 
 
+# Containers the webhook itself may add, so the skip annotation may name them even when the pod does not have them.
+_WEBHOOK_CONTAINERS = frozenset({PROXY_CONTAINER_NAME, PROXY_INIT_CONTAINER_NAME})
+_NO_SKIP: frozenset[str] = frozenset()
+
+
 def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo, config: MutationConfig,
                   policy: Policy, result: MutationResult) -> list[tuple[str, str, str]]:
     """(rule, message, container) for every rule that fires; modes are applied by the caller."""
+    facts = _account_facts(sa, config, policy, namespace)
+    found = list(facts.findings)
+    wanted = facts.wanted
+    metadata = pod.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else _NO_SKIP
+    for container in containers:
+        name = container.get("name", "")
+        if name in skip:
+            continue
+        for entry in container.get("env") or []:
+            env_name = entry.get("name")
+            if env_name in wanted:
+                value = entry.get("value")
+                expected = wanted[env_name]
+                if isinstance(value, str) and value != expected:
+                    found.append(("WI005", f"container {name} sets {env_name}={value!r}; the webhook would inject "
+                                           f"{expected!r} and keeps yours", name))
+    if skip:
+        names = {c.get("name", "") for c in containers} | _WEBHOOK_CONTAINERS
+        for missing in sorted(skip - names):
+            found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
+                                   "this pod", missing))
+    bounds = policy.token_expiration
+    if result.expiration_seconds and not bounds.min <= result.expiration_seconds <= bounds.max:
+        found.append(("WI007", f"token expiration {result.expiration_seconds}s is outside the policy's "
+                               f"{bounds.min}-{bounds.max}s", ""))
+    if policy.namespaces is not None and policy.namespaces.forbids(namespace):
+        found.append(("WI008", f"namespace {namespace} may not use workload identity", ""))
+    if containers and not result.injected_containers:
+        found.append(("WI010", "every container is skipped: nothing gets the identity", ""))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _AccountFacts:
+    """What the checks derive from the ServiceAccount alone: its findings (WI001-WI004) and the env values the
+    webhook injects (only the non-empty ones, which are the ones WI005 compares)."""
+
+    findings: tuple[tuple[str, str, str], ...]
+    wanted: Mapping[str, str]
+
+
+def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy,
+                           namespace: str) -> _AccountFacts:
     found: list[tuple[str, str, str]] = []
     who = f"ServiceAccount {namespace}/{sa.name}"
     client_id = sa.annotations.get(CLIENT_ID_ANNOTATION, "")
@@ -287,35 +341,28 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     if policy.identities is not None and client_id.strip() and not any(
             grant.allows(client_id, namespace, sa.name) for grant in policy.identities):
         found.append(("WI004", f"{who} may not use identity {client_id}", ""))
-    metadata = pod.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    spec = pod.get("spec") or {}
-    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    skip = skip_containers(annotations)
     wanted = {ENV_CLIENT_ID: client_id, ENV_TENANT_ID: tenant, ENV_AUTHORITY_HOST: config.authority_host,
               ENV_FEDERATED_TOKEN_FILE: f"{MOUNT_PATH}/token/azure-identity-token"}
-    for container in containers:
-        name = container.get("name", "")
-        if name in skip:
-            continue
-        for entry in container.get("env") or []:
-            env_name, value = entry.get("name"), entry.get("value")
-            if env_name in wanted and wanted[env_name] and isinstance(value, str) and value != wanted[env_name]:
-                found.append(("WI005", f"container {name} sets {env_name}={value!r}; the webhook would inject "
-                                       f"{wanted[env_name]!r} and keeps yours", name))
-    names = {c.get("name", "") for c in containers} | {"azwi-proxy", "azwi-proxy-init"}
-    for missing in sorted(skip - names):
-        found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
-                               "this pod", missing))
-    bounds = policy.token_expiration
-    if result.expiration_seconds and not bounds.min <= result.expiration_seconds <= bounds.max:
-        found.append(("WI007", f"token expiration {result.expiration_seconds}s is outside the policy's "
-                               f"{bounds.min}-{bounds.max}s", ""))
-    if policy.namespaces is not None and policy.namespaces.forbids(namespace):
-        found.append(("WI008", f"namespace {namespace} may not use workload identity", ""))
-    if containers and not result.injected_containers:
-        found.append(("WI010", "every container is skipped: nothing gets the identity", ""))
-    return found
+    return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v})
+
+
+# The ServiceAccount, config and policy are immutable and shared by every request until they change, so their
+# facts are memoised by identity. Each entry keeps its objects alive, so an id cannot be reused while cached.
+_FACTS_CACHE_SIZE = 256
+_facts_cache: dict[tuple[int, int, int, str],
+                   tuple[ServiceAccountInfo, MutationConfig, Policy, _AccountFacts]] = {}
+
+
+def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy, namespace: str) -> _AccountFacts:
+    key = (id(sa), id(config), id(policy), namespace)
+    hit = _facts_cache.get(key)
+    if hit is not None and hit[0] is sa and hit[1] is config and hit[2] is policy:
+        return hit[3]
+    facts = _compute_account_facts(sa, config, policy, namespace)
+    if len(_facts_cache) >= _FACTS_CACHE_SIZE:
+        _facts_cache.clear()
+    _facts_cache[key] = (sa, config, policy, facts)
+    return facts
 
 
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}
