@@ -2,7 +2,8 @@
 
 A Deployment scale-up (the 2,000-pod bursts in Azure/azure-workload-identity #1608 and #781) makes the ReplicaSet
 controller send the same pod again and again: the pods use `generateName`, and the API server picks their names only
-after admission. Their AdmissionReviews differ only in `request.uid`.
+after admission. Their AdmissionReviews differ only in `request.uid`, the managedFields timestamp and the name of
+the token volume the API server adds.
 
 The decision is a pure function of the pod, the request namespace, the ServiceAccount, the namespace's policy
 overrides, the policy and the mutation config (the functional core). So it can be remembered:
@@ -113,7 +114,6 @@ class DecisionCache:
     @property
     def size_bytes(self) -> int:
         return self._bytes
-
 
 
 # The ServiceAccount admission plugin names the token volume it adds `kube-api-access-` + 5 random characters
