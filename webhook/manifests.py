@@ -91,6 +91,9 @@ def load(paths: Iterable[str]) -> list[Manifest]:
     return manifests
 
 
+_MISSING = object()
+
+
 class Pairs(Mapping[str, str]):
     """A read-only mapping kept as one flat tuple (k1, v1, k2, v2, ...): about 100 bytes for one entry where a
     dict takes 184. The cache holds one per annotated ServiceAccount; lookups scan the few entries."""
@@ -101,11 +104,10 @@ class Pairs(Mapping[str, str]):
         self._items = tuple(item for pair in values.items() for item in pair)
 
     def __getitem__(self, key: str) -> str:
-        items = self._items
-        for index in range(0, len(items), 2):
-            if items[index] == key:
-                return items[index + 1]
-        raise KeyError(key)
+        value: str | object = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return str(value)
 
     def get(self, key: str, default: Any = None) -> Any:
         items = self._items
