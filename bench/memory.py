@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from kubernetes import client  # noqa: E402
 
+from bench.objects import service_accounts  # noqa: E402
 from tests.e2e.cluster import TestCluster  # noqa: E402
 from tests.processes import WebhookProcess  # noqa: E402
 
@@ -61,17 +62,14 @@ sys.path.insert(0, ROOT)
 import webhook.server, webhook.cli, kubernetes.client  # the server's imports, for a comparable baseline
 from webhook.metrics import Metrics
 from webhook.serviceaccounts import _ServiceAccountCache
+from bench.objects import service_accounts
 
 class Page:
     def __init__(self, data): self.data = data
 
 def pages(total):
     for start in range(0, max(total, 1), 500):
-        items = [{"metadata": {"name": f"sa-{i:06d}", "namespace": f"team-{i % 300}", "resourceVersion": str(10**6 + i),
-                  "labels": {"app.kubernetes.io/name": f"app-{i}", "team": "payments"},
-                  "annotations": {"azure.workload.identity/client-id": f"00000000-0000-0000-0000-{i:012d}",
-                                  "kubectl.kubernetes.io/last-applied-configuration": "x" * 300}}}
-                 for i in range(start, min(start + 500, total))]
+        items = service_accounts(start, min(start + 500, total))
         more = start + 500 < total
         yield orjson.dumps({"items": items, "metadata": {"resourceVersion": "1", "continue": "c" if more else ""}})
 
@@ -107,14 +105,6 @@ def stub_api_server(total: int) -> tuple[Any, int]:
 
     import orjson
 
-    def items(start: int, stop: int) -> list[dict[str, Any]]:
-        return [{"metadata": {"name": f"sa-{i:06d}", "namespace": f"team-{i % 300}", "resourceVersion": str(10**6 + i),
-                              "uid": f"00000000-0000-0000-0001-{i:012d}", "creationTimestamp": "2026-11-27T00:00:00Z",
-                              "labels": {"app.kubernetes.io/name": f"app-{i}", "team": "payments"},
-                              "annotations": {"azure.workload.identity/client-id": f"00000000-0000-0000-0000-{i:012d}",
-                                              "kubectl.kubernetes.io/last-applied-configuration": "x" * 300}}}
-                for i in range(start, stop)]
-
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -136,7 +126,7 @@ def stub_api_server(total: int) -> tuple[Any, int]:
                 limit = int(query.get("limit", "500"))
                 start = int(query.get("continue") or 0)
                 stop = min(start + limit, total)
-                body = {"kind": "ServiceAccountList", "apiVersion": "v1", "items": items(start, stop),
+                body = {"kind": "ServiceAccountList", "apiVersion": "v1", "items": service_accounts(start, stop),
                         "metadata": {"resourceVersion": "2000000", **({"continue": str(stop)} if stop < total else {})}}
             elif url.path == "/api/v1/namespaces":
                 body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "2000000"},
