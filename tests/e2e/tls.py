@@ -43,6 +43,15 @@ def _write_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, path: Path) 
     path.chmod(0o600)
 
 
+def _write_pair(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+                ca_file: Path | None = None) -> CertPair:
+    """Write `<stem>.crt` and `<stem>.key`; the pair trusts `ca_file` (itself when None, for a CA)."""
+    cert_file, key_file = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_file)
+    return CertPair(cert_file=cert_file, key_file=key_file, ca_file=ca_file or cert_file)
+
+
 def write_rsa_key(path: Path, public_path: Path | None = None, bits: int = 2048) -> rsa.RSAPrivateKey:
     """Write a new RSA private key (PKCS#8 PEM) and optionally its public key (SPKI PEM)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
@@ -86,11 +95,7 @@ def make_ca(directory: Path, name: str) -> tuple[CertPair, ec.EllipticCurvePriva
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_file = directory / f"{name}-ca.crt"
-    key_file = directory / f"{name}-ca.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, key_file)
-    return CertPair(cert_file=cert_file, key_file=key_file, ca_file=cert_file), key
+    return _write_pair(directory, f"{name}-ca", cert, key), key
 
 
 def make_serving_cert(
@@ -123,8 +128,4 @@ def make_serving_cert(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    cert_file = directory / f"{name}.crt"
-    key_file = directory / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, key_file)
-    return CertPair(cert_file=cert_file, key_file=key_file, ca_file=ca.cert_file)
+    return _write_pair(directory, name, cert, key, ca_file=ca.cert_file)
