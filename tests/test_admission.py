@@ -7,10 +7,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import annotated_sa, config, pod
 from webhook.admission import (
     BadReview,
+    decision_tail,
     parse_review,
     response_body,
     response_fields,
@@ -72,3 +75,16 @@ def test_spliced_reply_is_exactly_the_encoded_review(uid: str) -> None:
 def test_bad_reviews(body: bytes, message: str) -> None:
     with pytest.raises(BadReview, match=message):
         parse_review(body)
+
+
+patches = st.lists(st.fixed_dictionaries({"op": st.sampled_from(["add", "replace"]), "path": st.text(max_size=30),
+                                          "value": st.one_of(st.text(), st.integers(), st.booleans())}), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(patch=patches, denied=st.booleans(), warnings=st.lists(st.text(max_size=40), max_size=3),
+       audit=st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=3))
+def test_decision_tail_is_the_generic_encoding_byte_for_byte(patch: list[dict[str, Any]], denied: bool,
+                                                             warnings: list[str], audit: dict[str, str]) -> None:
+    result = MutationResult(patch=patch, denial=Denial("no \"way\" é", reason="R") if denied else None)
+    assert decision_tail(result, warnings, audit) == response_tail(response_fields(result, warnings, audit))

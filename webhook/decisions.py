@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from webhook.admission import response_fields, response_tail
+from webhook.admission import decision_tail
 from webhook.config import MutationConfig
 from webhook.mutation import PodRef, ServiceAccountInfo
 from webhook.policy import Decision, NamespaceInfo, Policy
@@ -43,14 +43,14 @@ class Answer:
     """A decision with its encoded AdmissionResponse fields (all but the uid) and its metrics outcome."""
 
     decision: Decision
-    tail: bytes  # the encoded response fields after the uid (admission.response_tail)
+    tail: bytes  # the encoded response fields after the uid (admission.decision_tail)
     outcome: str  # mutated | skipped | denied
 
     @classmethod
     def of(cls, decision: Decision) -> Answer:
         result = decision.result
         outcome = "denied" if result.denial is not None else "mutated" if result.patch else "skipped"
-        return cls(decision, response_tail(response_fields(result, decision.warnings, decision.audit_annotations)),
+        return cls(decision, decision_tail(result, decision.warnings, decision.audit_annotations),
                    outcome)
 
 

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -50,6 +50,7 @@ from webhook.constants import (
     TOKEN_RELATIVE_PATH,
     VOLUME_NAME_PREFIX,
 )
+from webhook.memo import IdentityMemo
 
 JSON = Any
 PatchOp = dict[str, Any]
@@ -76,8 +77,7 @@ class Denial:
     code: int = 400
 
 
-@dataclass(frozen=True)
-class PodRef:
+class PodRef(NamedTuple):
     """What the shell needs before the ServiceAccount lookup: where the pod lives and which SA it runs as."""
 
     namespace: str
@@ -159,15 +159,16 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
 
     custom = config.custom_endpoint
     custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
-    env = env_candidates(sa, config, custom_active)
+    fragments = _account_fragments(sa, config, custom_active)
     volume = projected_volume(volume_name_for(ref.name), expiration, config, custom_active)
     mount = {"name": volume["name"], "mountPath": MOUNT_PATH, "readOnly": True}
-    skip = skip_containers(annotations)
+    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else NO_SKIP
 
-    result = MutationResult(volume_name=volume["name"], env_names=[name for name, _ in env],
+    result = MutationResult(volume_name=volume["name"], env_names=list(fragments.env_names),
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
     ops = result.patch
-    status = status_annotation(sa, result, config) if config.status_annotation else None
+    status = fragments.status_head + orjson.dumps(volume["name"]).decode() + fragments.status_tail \
+        if config.status_annotation else None
     if "metadata" not in pod or pod["metadata"] is None:
         ops.append({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}})
         metadata = {"namespace": ref.namespace}
@@ -177,7 +178,7 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
     if "spec" not in pod or pod["spec"] is None:
         ops.append({"op": "add", "path": "/spec", "value": {}})
 
-    injector = _ContainerInjector(env, mount, skip, result)
+    injector = _ContainerInjector(fragments.env, mount, skip, result)
     init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
     app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
     if proxy_port is not None:
@@ -188,7 +189,7 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
             sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
     for editor in (init_list, app_list):
         for index, container in editor.existing():
-            ops.extend(injector.inject_existing(container, f"{editor.path}/{index}"))
+            injector.inject_existing(container, f"{editor.path}/{index}", ops)
 
     _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
     if status is not None:
@@ -205,6 +206,35 @@ def status_annotation(sa: ServiceAccountInfo, result: MutationResult, config: Mu
     return orjson.dumps({"version": config.webhook_version, "env": result.env_names, "volume": result.volume_name,
                          "mountPath": MOUNT_PATH, "serviceAccount": sa.name,
                          "annotationsHash": annotations_hash(sa)}).decode()
+
+
+_VOLUME_MARK = "\x00volume\x00"  # stands for the per-pod volume name in the memoised status annotation
+
+
+@dataclass(frozen=True, slots=True)
+class _AccountFragments:
+    """What a mutation derives from the ServiceAccount and config alone: the env vars to inject and the status
+    annotation around the per-pod volume name (`status_head + json(volume) + status_tail` is status_annotation)."""
+
+    env: tuple[tuple[str, str], ...]
+    env_names: tuple[str, ...]
+    status_head: str
+    status_tail: str
+
+
+_fragments: IdentityMemo[_AccountFragments] = IdentityMemo()
+
+
+def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> _AccountFragments:
+    """Memoised per (ServiceAccount, config) object and custom-endpoint switch: see webhook/memo.py."""
+    known = _fragments.get((sa, config), custom_active)
+    if known is not None:
+        return known
+    env = tuple(env_candidates(sa, config, custom_active))
+    names = [name for name, _ in env]
+    marked = status_annotation(sa, MutationResult(volume_name=_VOLUME_MARK, env_names=names), config)
+    head, tail = marked.split(orjson.dumps(_VOLUME_MARK).decode())
+    return _fragments.put((sa, config), custom_active, _AccountFragments(env, tuple(names), head, tail))
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -233,13 +263,16 @@ _GO_INT = re.compile(r"[+-]?[0-9]+")
 
 def go_parse_int(text: str, bits: int) -> int:
     """strconv.ParseInt(text, 10, bits) with Go's error text, so messages match the reference."""
-    quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if not _GO_INT.fullmatch(text):  # fullmatch: `$` alone would accept a trailing newline
-        raise ValueError(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
+        raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax")
     value = int(text)
     if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
-        raise ValueError(f"strconv.ParseInt: parsing {quoted}: value out of range")
+        raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: value out of range")
     return value
+
+
+def _go_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def proxy_port_of(annotations: Mapping[str, str]) -> int | Denial:
@@ -273,6 +306,9 @@ def token_expiration(pod_annotations: Mapping[str, str], sa_annotations: Mapping
         return Denial(f"token expiration {seconds} not valid. Expected value to be between "
                       f"{MIN_TOKEN_EXPIRATION} and {MAX_TOKEN_EXPIRATION} ({fix})", reason="InvalidTokenExpiration")
     return seconds
+
+
+NO_SKIP: frozenset[str] = frozenset()
 
 
 def skip_containers(annotations: Mapping[str, str]) -> frozenset[str]:
@@ -428,7 +464,7 @@ class _ListEditor:
 class _ContainerInjector:
     """Adds the env vars and the mount to each container that is not skipped, recording what it did."""
 
-    def __init__(self, env: list[tuple[str, str]], mount: dict[str, Any], skip: frozenset[str],
+    def __init__(self, env: Sequence[tuple[str, str]], mount: dict[str, Any], skip: frozenset[str],
                  result: MutationResult) -> None:
         self._env = env
         self._mount = mount
@@ -444,7 +480,10 @@ class _ContainerInjector:
         return False
 
     def _missing_env(self, container: Mapping[str, Any]) -> list[dict[str, str]]:
-        present = {entry.get("name") for entry in container.get("env") or []}
+        current = container.get("env")
+        if not current:
+            return [{"name": name, "value": value} for name, value in self._env]
+        present = {entry.get("name") for entry in current}
         return [{"name": name, "value": value} for name, value in self._env if name not in present]
 
     def inject_new(self, container: dict[str, Any]) -> dict[str, Any]:
@@ -456,20 +495,30 @@ class _ContainerInjector:
             container["volumeMounts"] = [dict(self._mount)]
         return container
 
-    def inject_existing(self, container: Mapping[str, Any], path: str) -> list[PatchOp]:
+    def inject_existing(self, container: Mapping[str, Any], path: str, ops: list[PatchOp]) -> None:
+        """Append the ops for a container of the pod: the missing env vars, then the mount (added, or replacing a
+        same-named mount that differs). Inlined rather than a _ListEditor: this runs for every container."""
         if self._skipped(container):
-            return []
-        ops: list[PatchOp] = []
+            return
         missing = self._missing_env(container)
-        env_ops: list[PatchOp] = []
         if missing:
             if container.get("env") is None:
-                env_ops.append({"op": "add", "path": f"{path}/env", "value": missing})
+                ops.append({"op": "add", "path": f"{path}/env", "value": missing})
             else:
-                env_ops.extend({"op": "add", "path": f"{path}/env/-", "value": entry} for entry in missing)
-        ops.extend(env_ops)
-        _ListEditor(f"{path}/volumeMounts", container.get("volumeMounts"), ops).upsert(dict(self._mount))
-        return ops
+                env_path = f"{path}/env/-"
+                ops.extend([{"op": "add", "path": env_path, "value": entry} for entry in missing])
+        mount = self._mount
+        mounts = container.get("volumeMounts")
+        if mounts is None:
+            ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(mount)]})
+            return
+        name = mount["name"]
+        for index, existing in enumerate(mounts):
+            if existing.get("name") == name:
+                if dict(existing) != mount:
+                    ops.append({"op": "replace", "path": f"{path}/volumeMounts/{index}", "value": dict(mount)})
+                return
+        ops.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(mount)})
 
 
 _LIST_FIELDS = ("containers", "initContainers", "volumes")
@@ -516,12 +565,21 @@ def _check_shape(pod: JSON) -> None:
                 _check_container(item, where)
 
 
+def _well_formed(items: Any) -> bool:
+    """The common case, checked cheaply: a list of objects whose names are strings (or absent)."""
+    if type(items) is not list:
+        return False
+    for item in items:  # noqa: SIM110 - a plain loop: all() over a generator costs twice as much here
+        if type(item) is not dict or type(item.get("name", "")) is not str:
+            return False
+    return True
+
+
 def _check_container(container: dict[str, Any], where: str) -> None:
     for key in ("env", "volumeMounts"):
         items = container.get(key)
-        if items is None or (type(items) is list and all(
-                type(item) is dict and type(item.get("name", "")) is str for item in items)):
-            continue  # the common case, checked cheaply
+        if items is None or _well_formed(items):
+            continue
         if not isinstance(items, list):
             raise PodShapeError(f"{where}.{key} must be a list")
         for index, item in enumerate(items):

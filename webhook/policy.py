@@ -38,7 +38,9 @@ from webhook.constants import (
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
 )
+from webhook.memo import IdentityMemo
 from webhook.mutation import (
+    NO_SKIP,
     Denial,
     MutationResult,
     PodRef,
@@ -273,7 +275,6 @@ class Finding:
 
 # Containers the webhook itself may add, so the skip annotation may name them even when the pod does not have them.
 _WEBHOOK_CONTAINERS = frozenset({PROXY_CONTAINER_NAME, PROXY_INIT_CONTAINER_NAME})
-_NO_SKIP: frozenset[str] = frozenset()
 
 
 def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo, config: MutationConfig,
@@ -286,7 +287,7 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     annotations = metadata.get("annotations") or {}
     spec = pod.get("spec") or {}
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else _NO_SKIP
+    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else NO_SKIP
     for container in containers:
         name = container.get("name", "")
         if name in skip:
@@ -346,23 +347,15 @@ def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, polic
     return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v})
 
 
-# The ServiceAccount, config and policy are immutable and shared by every request until they change, so their
-# facts are memoised by identity. Each entry keeps its objects alive, so an id cannot be reused while cached.
-_FACTS_CACHE_SIZE = 256
-_facts_cache: dict[tuple[int, int, int, str],
-                   tuple[ServiceAccountInfo, MutationConfig, Policy, _AccountFacts]] = {}
+_facts: IdentityMemo[_AccountFacts] = IdentityMemo()
 
 
 def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy, namespace: str) -> _AccountFacts:
-    key = (id(sa), id(config), id(policy), namespace)
-    hit = _facts_cache.get(key)
-    if hit is not None and hit[0] is sa and hit[1] is config and hit[2] is policy:
-        return hit[3]
-    facts = _compute_account_facts(sa, config, policy, namespace)
-    if len(_facts_cache) >= _FACTS_CACHE_SIZE:
-        _facts_cache.clear()
-    _facts_cache[key] = (sa, config, policy, facts)
-    return facts
+    """Memoised per (ServiceAccount, config, policy) object and namespace: see webhook/memo.py."""
+    known = _facts.get((sa, config, policy), namespace)
+    if known is not None:
+        return known
+    return _facts.put((sa, config, policy), namespace, _compute_account_facts(sa, config, policy, namespace))
 
 
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}

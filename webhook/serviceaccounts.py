@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from webhook.cache import ListWatchCache, LookupFailed, NamespacedStore, core_api
 from webhook.manifests import Manifest, service_account_info
@@ -15,8 +14,7 @@ from webhook.policy import OVERRIDE_PREFIX, NamespaceInfo
 Key = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class Lookup:
+class Lookup(NamedTuple):
     """A lookup answer: the ServiceAccount (or None when it does not exist), where it came from, any error."""
 
     sa: ServiceAccountInfo | None
