@@ -5,10 +5,10 @@ The reply always uses the apiVersion of the request and echoes its uid, as the A
 
 from __future__ import annotations
 
-import base64
 from typing import Any, NamedTuple
 
 import orjson
+from pybase64 import b64encode  # the base64 patch is most of an answer: SIMD, ~15x faster than binascii
 
 from webhook.mutation import MutationResult
 
@@ -62,7 +62,7 @@ def parse_review(body: bytes) -> ReviewRequest:
 
 
 def encode_patch(patch: list[dict[str, Any]]) -> str:
-    return base64.b64encode(orjson.dumps(patch)).decode("ascii")
+    return b64encode(orjson.dumps(patch)).decode("ascii")
 
 
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
@@ -99,7 +99,7 @@ def decision_tail(result: MutationResult, warnings: list[str] | None = None,
     the answer): the patch's base64 text needs no JSON escaping, so it is spliced in as it is."""
     if result.denial is not None or not result.patch:
         return response_tail(response_fields(result, warnings, audit_annotations))
-    parts = [b',"allowed":true,"patchType":"JSONPatch","patch":"', base64.b64encode(orjson.dumps(result.patch)), b'"']
+    parts = [b',"allowed":true,"patchType":"JSONPatch","patch":"', b64encode(orjson.dumps(result.patch)), b'"']
     if warnings:
         parts += (b',"warnings":', orjson.dumps(warnings))
     if audit_annotations:
