@@ -141,7 +141,7 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
     if sa is None:
         return MutationResult(denial=service_account_not_found(ref.service_account))
     metadata: dict[str, Any] = pod.get("metadata") or {}
-    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    annotations: dict[str, str] = metadata.get("annotations") or {}
     spec: dict[str, Any] = pod.get("spec") or {}
 
     proxy_port: int | None = None
@@ -242,7 +242,7 @@ def annotations_hash(sa: ServiceAccountInfo) -> str:
     return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def _annotation_ops(metadata: Mapping[str, Any], key: str, value: str) -> list[PatchOp]:
+def _annotation_ops(metadata: dict[str, Any], key: str, value: str) -> list[PatchOp]:
     annotations = metadata.get("annotations")
     if annotations is None:
         return [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}]
@@ -422,7 +422,7 @@ def _same(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
 class _ListEditor:
     """Emits add/replace ops for one array of the pod while tracking how earlier ops shifted its indices."""
 
-    def __init__(self, path: str, current: Sequence[Any] | None, ops: list[PatchOp]) -> None:
+    def __init__(self, path: str, current: list[Any] | None, ops: list[PatchOp]) -> None:
         self.path = path
         self._items: list[tuple[bool, Any]] | None = None if current is None else [(False, c) for c in current]
         self._ops = ops
@@ -471,7 +471,7 @@ class _ContainerInjector:
         self._skip = skip
         self._result = result
 
-    def _skipped(self, container: Mapping[str, Any]) -> bool:
+    def _skipped(self, container: dict[str, Any]) -> bool:
         name = container.get("name", "")
         if name in self._skip:
             self._result.skipped_containers.append(name)
@@ -479,8 +479,8 @@ class _ContainerInjector:
         self._result.injected_containers.append(name)
         return False
 
-    def _missing_env(self, container: Mapping[str, Any]) -> list[dict[str, str]]:
-        current = container.get("env")
+    def _missing_env(self, container: dict[str, Any]) -> list[dict[str, str]]:
+        current: list[dict[str, Any]] | None = container.get("env")
         if not current:
             return [{"name": name, "value": value} for name, value in self._env]
         present = {entry.get("name") for entry in current}
@@ -495,7 +495,7 @@ class _ContainerInjector:
             container["volumeMounts"] = [dict(self._mount)]
         return container
 
-    def inject_existing(self, container: Mapping[str, Any], path: str, ops: list[PatchOp]) -> None:
+    def inject_existing(self, container: dict[str, Any], path: str, ops: list[PatchOp]) -> None:
         """Append the ops for a container of the pod: the missing env vars, then the mount (added, or replacing a
         same-named mount that differs). Inlined rather than a _ListEditor: this runs for every container."""
         if self._skipped(container):
@@ -508,7 +508,7 @@ class _ContainerInjector:
                 env_path = f"{path}/env/-"
                 ops.extend([{"op": "add", "path": env_path, "value": entry} for entry in missing])
         mount = self._mount
-        mounts = container.get("volumeMounts")
+        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:
             ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(mount)]})
             return

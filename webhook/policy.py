@@ -9,18 +9,17 @@ what it denies (WI007 outside 3600-86400, WI009) stays denied whatever the polic
 Namespace overrides: labels (or annotations) `wi-webhook/enforce`, `wi-webhook/warn`, `wi-webhook/audit`,
 `wi-webhook/off` list rule IDs. Label values cannot contain commas, so IDs are separated by `.`, `_` or `,`
 (e.g. `wi-webhook/enforce: WI001.WI002`; `all` means every rule).
+
+The rule table is in webhook/rules.py and the policy file's schema in webhook/policyschema.py (re-exported here);
+this module holds only what runs per request, so the compiled build can compile it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from webhook.config import MutationConfig
 from webhook.constants import (
@@ -29,8 +28,6 @@ from webhook.constants import (
     ENV_CLIENT_ID,
     ENV_FEDERATED_TOKEN_FILE,
     ENV_TENANT_ID,
-    MAX_TOKEN_EXPIRATION,
-    MIN_TOKEN_EXPIRATION,
     MOUNT_PATH,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
@@ -49,188 +46,27 @@ from webhook.mutation import (
     mutate_pod,
     skip_containers,
 )
+from webhook.policyschema import (
+    DEFAULT_POLICY,
+    ExpirationBounds,
+    IdentityGrant,
+    NamespaceRules,
+    Policy,
+    PolicyError,
+    parse_policy,
+)
+from webhook.rules import ALWAYS_ENFORCED, NO_WEAKENING, OVERRIDE_PREFIX, RULES, RULES_BY_NAME, Mode, Rule, rule_id
 
-
-class Mode(StrEnum):
-    ENFORCE = "enforce"
-    WARN = "warn"
-    AUDIT = "audit"
-    OFF = "off"
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    name: str
-    default: Mode
-    fix: str
-
-
-RULES: dict[str, Rule] = {r.id: r for r in (
-    Rule("WI001", "missing-client-id", Mode.WARN,
-         f"annotate the ServiceAccount with {CLIENT_ID_ANNOTATION}: <managed identity client id>"),
-    Rule("WI002", "invalid-client-id", Mode.WARN,
-         f"set {CLIENT_ID_ANNOTATION} to the identity's client id, a GUID (az identity show --query clientId)"),
-    Rule("WI003", "invalid-tenant-id", Mode.WARN,
-         f"set {TENANT_ID_ANNOTATION} (or the webhook's AZURE_TENANT_ID) to a tenant GUID"),
-    Rule("WI004", "identity-not-allowed", Mode.ENFORCE,
-         "use an identity the policy allows for this namespace/ServiceAccount, or extend the policy's identities"),
-    Rule("WI005", "env-conflict", Mode.WARN,
-         "remove the container's own value so the webhook can inject it, or make it match"),
-    Rule("WI006", "unknown-skip-container", Mode.WARN,
-         f"fix the container name in {SKIP_CONTAINERS_ANNOTATION} (';'-separated)"),
-    Rule("WI007", "token-expiration", Mode.ENFORCE,
-         f"set {TOKEN_EXPIRATION_ANNOTATION} to seconds within the allowed range"),
-    Rule("WI008", "namespace-not-allowed", Mode.ENFORCE,
-         "run workload identity pods only in namespaces the policy allows"),
-    Rule("WI009", "service-account-not-found", Mode.ENFORCE,
-         "create the ServiceAccount (with its client-id annotation) before the pod, or fix serviceAccountName"),
-    Rule("WI010", "nothing-injected", Mode.WARN,
-         f"remove at least one container from {SKIP_CONTAINERS_ANNOTATION}, or drop the azure.workload.identity/use "
-         "label"),
-)}
-RULES_BY_NAME = {r.name: r for r in RULES.values()}
-ALWAYS_ENFORCED = {"WI009"}  # reference denials are never weakened (WI007's reference range is in the mutation)
-# The policy file's access rules: a namespace label may make them stricter but never weaker, or anyone who can
-# label a namespace could claim another team's identity.
-NO_WEAKENING = {"WI004", "WI008"}
-_STRICTNESS = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
-OVERRIDE_PREFIX = "wi-webhook/"
+__all__ = [
+    "ALWAYS_ENFORCED", "NO_WEAKENING", "OVERRIDE_PREFIX", "RULES", "RULES_BY_NAME", "ExpirationBounds", "IdentityGrant",
+    "Mode", "NamespaceRules", "Policy", "PolicyError", "Rule", "parse_policy", "rule_id",
+]
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def is_guid(value: str) -> bool:
     return bool(_GUID.match(value))
-
-
-def rule_id(key: str) -> str:
-    """Accept a rule ID (WI001, case-insensitive) or name (missing-client-id)."""
-    upper = key.strip().upper()
-    if upper in RULES:
-        return upper
-    if key.strip().lower() in RULES_BY_NAME:
-        return RULES_BY_NAME[key.strip().lower()].id
-    known = ", ".join(f"{r.id} ({r.name})" for r in RULES.values())
-    raise ValueError(f"unknown rule {key!r}; known rules: {known}")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class IdentityGrant(_Strict):
-    """One allowed identity: its client id, and the namespaces and ServiceAccounts (globs) that may use it."""
-
-    client_id: str = Field(alias="clientId")
-    namespaces: list[str] = Field(default_factory=lambda: ["*"])
-    service_accounts: list[str] = Field(default_factory=lambda: ["*"], alias="serviceAccounts")
-
-    def allows(self, client_id: str, namespace: str, service_account: str) -> bool:
-        return (self.client_id.lower() == client_id.lower()
-                and any(fnmatch.fnmatchcase(namespace, g) for g in self.namespaces)
-                and any(fnmatch.fnmatchcase(service_account, g) for g in self.service_accounts))
-
-
-class ExpirationBounds(_Strict):
-    min: int = Field(default=MIN_TOKEN_EXPIRATION, ge=MIN_TOKEN_EXPIRATION, le=MAX_TOKEN_EXPIRATION)
-    max: int = Field(default=MAX_TOKEN_EXPIRATION, ge=MIN_TOKEN_EXPIRATION, le=MAX_TOKEN_EXPIRATION)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ExpirationBounds:
-        if self.min > self.max:
-            raise ValueError(f"tokenExpiration.min ({self.min}) must not exceed tokenExpiration.max ({self.max})")
-        return self
-
-
-class NamespaceRules(_Strict):
-    allow: list[str] | None = None
-    deny: list[str] = Field(default_factory=list)
-
-    def forbids(self, namespace: str) -> bool:
-        if any(fnmatch.fnmatchcase(namespace, g) for g in self.deny):
-            return True
-        return self.allow is not None and not any(fnmatch.fnmatchcase(namespace, g) for g in self.allow)
-
-
-class Policy(_Strict):
-    """The policy file (`--policy`). Unknown keys are errors that name the key."""
-
-    api_version: str = Field(default="wi-webhook.io/v1", alias="apiVersion")
-    kind: str = "Policy"
-    modes: dict[str, Mode] = Field(default_factory=dict)
-    token_expiration: ExpirationBounds = Field(default_factory=ExpirationBounds, alias="tokenExpiration")
-    namespaces: NamespaceRules | None = None
-    identities: list[IdentityGrant] | None = None
-    namespace_overrides: bool = Field(default=True, alias="namespaceOverrides")
-
-    @field_validator("modes", mode="before")
-    @classmethod
-    def _rule_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {rule_id(str(k)): (v.lower() if isinstance(v, str) else v) for k, v in value.items()}
-        return value
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, value: str) -> str:
-        if value != "Policy":
-            raise ValueError("kind must be Policy")
-        return value
-
-    def mode_for(self, rid: str, overrides: Mapping[str, Mode] | None = None) -> Mode:
-        if rid in ALWAYS_ENFORCED:
-            return Mode.ENFORCE
-        configured = self.modes.get(rid, RULES[rid].default)
-        if overrides and rid in overrides and self.namespace_overrides:
-            override = overrides[rid]
-            if rid in NO_WEAKENING and _STRICTNESS[override] < _STRICTNESS[configured]:
-                return configured
-            return override
-        return configured
-
-
-_DEFAULT_POLICY = Policy()
-
-
-class PolicyError(ValueError):
-    """The policy file is invalid; the message names the file and each bad key."""
-
-
-def parse_policy(data: Any, source: str = "policy") -> Policy:
-    if data is None:
-        return Policy()
-    if not isinstance(data, dict):
-        raise PolicyError(f"{source}: the policy must be a mapping (apiVersion, kind, modes, ...)")
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{source}: invalid policy:"]
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(error['loc'][:-1]))}" \
-                if error["type"] == "extra_forbidden" else error["msg"]
-            lines.append(f"  {where}: {message}")
-        raise PolicyError("\n".join(lines)) from None
-
-
-def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
-    """The keys the policy accepts at a location (for 'unknown key' errors)."""
-    model: type[BaseModel] = Policy
-    for part in parent:
-        if isinstance(part, int):
-            continue
-        for name, info in model.model_fields.items():
-            if part in (name, info.alias):
-                annotation = info.annotation
-                candidates = [annotation, *getattr(annotation, "__args__", ())]
-                for candidate in candidates:
-                    inner = getattr(candidate, "__args__", (candidate,))
-                    found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
-                    if found:
-                        model = found[0]
-                        break
-    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 @dataclass(frozen=True)
@@ -410,7 +246,7 @@ def admit(pod: Any, namespace: str, sa: ServiceAccountInfo | None, config: Mutat
           policy: Policy | None = None, namespace_info: NamespaceInfo | None = None,
           ref: PodRef | None = None) -> Decision:
     """The admission decision for one pod: mutation (reference behaviour) plus policy findings."""
-    policy = policy or _DEFAULT_POLICY
+    policy = policy or DEFAULT_POLICY
     result = mutate_pod(pod, namespace, sa, config, ref)
     if result.denial is not None:
         rid = _DENIAL_RULES.get(result.denial.reason)

@@ -1,0 +1,134 @@
+"""The policy file's schema (`--policy`): pydantic models and the parser whose errors name each bad key.
+
+Kept apart from the checks in webhook/policy.py, which run per request and are compiled with mypyc in the compiled
+build; pydantic models must stay interpreted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from webhook.constants import MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION
+from webhook.rules import ALWAYS_ENFORCED, NO_WEAKENING, RULES, STRICTNESS, Mode, rule_id
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class IdentityGrant(_Strict):
+    """One allowed identity: its client id, and the namespaces and ServiceAccounts (globs) that may use it."""
+
+    client_id: str = Field(alias="clientId")
+    namespaces: list[str] = Field(default_factory=lambda: ["*"])
+    service_accounts: list[str] = Field(default_factory=lambda: ["*"], alias="serviceAccounts")
+
+    def allows(self, client_id: str, namespace: str, service_account: str) -> bool:
+        return (self.client_id.lower() == client_id.lower()
+                and any(fnmatch.fnmatchcase(namespace, g) for g in self.namespaces)
+                and any(fnmatch.fnmatchcase(service_account, g) for g in self.service_accounts))
+
+
+class ExpirationBounds(_Strict):
+    min: int = Field(default=MIN_TOKEN_EXPIRATION, ge=MIN_TOKEN_EXPIRATION, le=MAX_TOKEN_EXPIRATION)
+    max: int = Field(default=MAX_TOKEN_EXPIRATION, ge=MIN_TOKEN_EXPIRATION, le=MAX_TOKEN_EXPIRATION)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExpirationBounds:
+        if self.min > self.max:
+            raise ValueError(f"tokenExpiration.min ({self.min}) must not exceed tokenExpiration.max ({self.max})")
+        return self
+
+
+class NamespaceRules(_Strict):
+    allow: list[str] | None = None
+    deny: list[str] = Field(default_factory=list)
+
+    def forbids(self, namespace: str) -> bool:
+        if any(fnmatch.fnmatchcase(namespace, g) for g in self.deny):
+            return True
+        return self.allow is not None and not any(fnmatch.fnmatchcase(namespace, g) for g in self.allow)
+
+
+class Policy(_Strict):
+    """The policy file (`--policy`). Unknown keys are errors that name the key."""
+
+    api_version: str = Field(default="wi-webhook.io/v1", alias="apiVersion")
+    kind: str = "Policy"
+    modes: dict[str, Mode] = Field(default_factory=dict)
+    token_expiration: ExpirationBounds = Field(default_factory=ExpirationBounds, alias="tokenExpiration")
+    namespaces: NamespaceRules | None = None
+    identities: list[IdentityGrant] | None = None
+    namespace_overrides: bool = Field(default=True, alias="namespaceOverrides")
+
+    @field_validator("modes", mode="before")
+    @classmethod
+    def _rule_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {rule_id(str(k)): (v.lower() if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != "Policy":
+            raise ValueError("kind must be Policy")
+        return value
+
+    def mode_for(self, rid: str, overrides: Mapping[str, Mode] | None = None) -> Mode:
+        if rid in ALWAYS_ENFORCED:
+            return Mode.ENFORCE
+        configured = self.modes.get(rid, RULES[rid].default)
+        if overrides and rid in overrides and self.namespace_overrides:
+            override = overrides[rid]
+            if rid in NO_WEAKENING and STRICTNESS[override] < STRICTNESS[configured]:
+                return configured
+            return override
+        return configured
+
+
+DEFAULT_POLICY = Policy()
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; the message names the file and each bad key."""
+
+
+def parse_policy(data: Any, source: str = "policy") -> Policy:
+    if data is None:
+        return Policy()
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping (apiVersion, kind, modes, ...)")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid policy:"]
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(error['loc'][:-1]))}" \
+                if error["type"] == "extra_forbidden" else error["msg"]
+            lines.append(f"  {where}: {message}")
+        raise PolicyError("\n".join(lines)) from None
+
+
+def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
+    """The keys the policy accepts at a location (for 'unknown key' errors)."""
+    model: type[BaseModel] = Policy
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        for name, info in model.model_fields.items():
+            if part in (name, info.alias):
+                annotation = info.annotation
+                candidates = [annotation, *getattr(annotation, "__args__", ())]
+                for candidate in candidates:
+                    inner = getattr(candidate, "__args__", (candidate,))
+                    found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+                    if found:
+                        model = found[0]
+                        break
+    return [info.alias or name for name, info in model.model_fields.items()]
