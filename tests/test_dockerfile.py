@@ -1,9 +1,12 @@
 """The Dockerfile: hadolint-clean, hardened, and its install steps really work.
 
 There is no Docker engine here, so the build is exercised by replaying the Dockerfile's own steps: the build stage's
-COPY and RUN lines in a fresh venv (`pip wheel . -w /wheels` → a temporary wheel directory), then the runtime stage's
-RUN line in a second fresh venv (`pip install --no-index --find-links=/wheels ...`), then the installed
-`wi-webhook` is run. Unknown RUN steps fail the test, so it has to follow the Dockerfile when that changes.
+COPY lines and its pip RUN lines in a fresh venv with the stage's ENV and ARG defaults (the pinned mypy, setuptools
+and stubs; the dependencies; then the mypyc-compiled `pip wheel --no-build-isolation . -w /wheels` → a temporary
+wheel directory; about 80 s of that is mypyc and gcc), then the runtime stage's RUN line in a second fresh venv
+(`pip install --no-index --find-links=/wheels ...`), then the installed `wi-webhook` is run, compiled modules and all,
+with nothing but the image's wheels installed. The build stage's apt-get line is not replayed (this machine's gcc
+stands in for it). Unknown RUN steps fail the test, so it has to follow the Dockerfile when that changes.
 """
 
 from __future__ import annotations
@@ -15,15 +18,20 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from tests.compiled import compiled_modules
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 PIP_TIMEOUT = 150
+COMPILE_TIMEOUT = 900  # the compiled wheel: mypyc type-checks the package and gcc compiles its output (~80 s here)
+COMPILED = compiled_modules()  # webhook.mutation, ... as listed in pyproject.toml
 
 
 @dataclass
@@ -82,6 +90,16 @@ def env_of(stage: Stage) -> dict[str, str]:
     return env
 
 
+def args_of(stage: Stage) -> dict[str, str]:
+    """The stage's ARG defaults: RUN lines see them as environment variables."""
+    defaults: dict[str, str] = {}
+    for args in stage.all("ARG"):
+        name, sep, value = args.partition("=")
+        if sep:
+            defaults[name.strip()] = value.strip()
+    return defaults
+
+
 def run_commands(args: str) -> tuple[dict[str, str], list[list[str]]]:
     """Split a RUN line into its --mount targets (target → source) and its `&&`-joined commands."""
     mounts: dict[str, str] = {}
@@ -105,7 +123,13 @@ def test_dockerfile_is_hardened() -> None:
     build, runtime = stages()
     for stage in (build, runtime):
         assert stage.image == "python:3.11-slim-bookworm", "pin the slim base by tag (and by digest where possible)"
-    assert "pip wheel . -w /wheels" in build.all("RUN")[0]
+    # The build stage compiles: a C compiler, a pinned mypy (mypyc) and setuptools, no build isolation.
+    build_runs = build.all("RUN")
+    assert any("apt-get install" in run and " gcc" in run for run in build_runs)
+    assert any(re.search(r"pip install .*mypy==[\d.]+", run) and "setuptools==" in run for run in build_runs)
+    assert any("pip install --no-build-isolation ." in run for run in build_runs)  # dependencies for mypyc
+    assert build_runs[-1] == "pip wheel --no-build-isolation . -w /wheels"
+    assert args_of(build)["WI_WEBHOOK_COMPILE"] == "1"
     assert runtime.all("USER")[-1] == "65532:65532"
     assert runtime.instructions[-1] == ("ENTRYPOINT", '["wi-webhook", "serve"]')
     assert set(runtime.all("EXPOSE")[0].split()) == {"9443", "9440", "8095"}
@@ -174,22 +198,39 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
                 shutil.copy2(origin, src / source)
     wheels = tmp_path / "wheels"
     build_venv = new_venv(tmp_path / "build-venv")
-    # The image's ENV, except that the pip cache may be used here: it only saves downloads.
-    build_env = {**base_env, **env_of(build), "PIP_NO_CACHE_DIR": "0"}
+    # The stage's ENV and ARG defaults, each from where it is declared on (as Docker scopes them), except that the
+    # pip cache may be used here: it only saves downloads.
     paths = {"/wheels": str(wheels)}
     built: list[str] = []
-    for run in build.all("RUN"):
+    for position, (keyword, run) in enumerate(build.instructions):
+        if keyword != "RUN":
+            continue
+        so_far = Stage(build.image, build.name, build.instructions[:position])
+        build_env = {**base_env, **env_of(so_far), **args_of(so_far), "PIP_NO_CACHE_DIR": "0"}
         _mounts, commands = run_commands(run)
         for command in commands:
-            assert command[:2] == ["pip", "wheel"], f"build step not replayed by this test: {command}"
+            if command[0] in {"apt-get", "rm"}:  # the compiler for the build stage: this machine's stands in
+                assert command[0] == "apt-get" or command[-1] == "/var/lib/apt/lists/*", command
+                if "install" in command:
+                    assert shutil.which("gcc"), "the compiled build needs gcc here too (apt-get install gcc)"
+                continue
+            assert command[:2] in (["pip", "wheel"], ["pip", "install"], ["pip", "uninstall"]), \
+                f"build step not replayed by this test: {command}"
             argv = [*pip_for(build_venv), *[paths.get(a, a) for a in command[1:]]]
             result = subprocess.run(argv, cwd=src, env=build_env, capture_output=True, text=True,
-                                    timeout=PIP_TIMEOUT, check=False)
+                                    timeout=COMPILE_TIMEOUT if command[1] == "wheel" else PIP_TIMEOUT, check=False)
             assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
             built += re.findall(r"Building wheel for (\S+)", result.stdout)
-    # Every dependency came as a wheel: the slim build stage has no compiler to build one from source.
+    # Every dependency came as a wheel: nothing but the webhook is compiled in the build stage.
     assert set(built) == {"workload-identity-webhook"}, built
-    assert list(wheels.glob("workload_identity_webhook-*-py3-none-any.whl"))
+    [webhook_wheel] = wheels.glob("workload_identity_webhook-*.whl")
+    assert webhook_wheel.name.endswith("-cp311-cp311-linux_x86_64.whl"), webhook_wheel.name
+    with zipfile.ZipFile(webhook_wheel) as archive:
+        names = archive.namelist()
+    for module in COMPILED:
+        assert any(re.fullmatch(module.replace(".", "/") + r"\.cpython-311-.*\.so", n) for n in names), names
+    # No extension module or generated C was written into the copied sources.
+    assert not [p for p in src.rglob("*") if p.suffix in {".so", ".c", ".o"}]
 
     # --- runtime stage: the wheels mounted where the RUN line expects them, installed into a fresh venv ---
     runtime_venv = new_venv(tmp_path / "runtime-venv")
@@ -224,4 +265,17 @@ def test_the_dockerfile_build_and_install_steps_work(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "--webhook-cert-dir" in result.stdout and "--tls-min-version" in result.stdout
+    # The compiled modules are what runs, with only the image's wheels installed (no hidden runtime dependency).
+    python = runtime_venv / "bin" / "python"
+    result = subprocess.run([str(python), "-c", "import importlib, sys; print(' '.join(importlib.import_module(m)"
+                             ".__file__ for m in sys.argv[1:]))", *COMPILED], env=runtime_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert all(f.startswith(str(runtime_venv)) and f.endswith(".so") for f in result.stdout.split()), result.stdout
+    result = subprocess.run([str(exe), "mutate", "-f", str(ROOT / "examples/demo/pod.yaml"), "--objects",
+                             str(ROOT / "examples/demo/serviceaccounts.yaml"), "-o", "json"],
+                            env={**runtime_env, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "AZURE_FEDERATED_TOKEN_FILE" in result.stdout and "azure-workload-identity-reserved-" in result.stdout
     assert _snapshot(runtime_venv) == before, "running wi-webhook wrote into its installation"
