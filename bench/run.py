@@ -5,6 +5,10 @@ drives it from CPU 1 over TLS keep-alive: saturation throughput, latency percent
 measured from dispatch, including any wait for a free connection), and new-connection handshakes/s. Pods are a
 small (~4 KB) and a large (~200 KB) realistic one, each as a burst of identical pods (a Deployment scale-up) and
 as distinct pods (every decision computed). A Go server with a fixed answer shows the harness's own floor.
+With --compiled, the wi-webhook rows are also run from the mypyc-compiled build ("wi-webhook compiled"): the wheel
+of tests/compiled.py (built with this environment's mypy, about 80 s, or taken from its cache), installed into an
+isolated venv whose `webhook.mutation`, `webhook.admission` and `webhook.decisions` are checked to be extension
+modules before anything is measured.
 Prints a table and the ratio ours/baseline. Not a test: nothing is asserted.
 """
 
@@ -24,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.compiled import compiled_modules, compiled_wheel, is_extension, isolated_python, probe  # noqa: E402
 from tests.processes import free_port, make_certs  # noqa: E402
 
 SA = """apiVersion: v1
@@ -102,13 +107,20 @@ def pin(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
-def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path) -> list[list[str]]:
+def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path,
+                    compiled: Path | None = None) -> list[list[str]]:
     if name == "go floor":  # the harness floor: a Go server with a fixed answer
         return [[str(binary), "-serve", f"127.0.0.1:{port}", "-cert-dir", str(tmp / "certs")]]
     if name == "baseline":  # N bare processes sharing the port, like `--workers N`
         return [[sys.executable, str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir",
                  str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else [])] for _ in range(workers)]
-    return [[sys.executable, "-m", "webhook.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    # wi-webhook from the sources (this environment), or the compiled build's console script (its own venv).
+    if name == COMPILED:
+        assert compiled, "the compiled build is installed first"
+        start = [str(compiled / "bin" / "wi-webhook")]
+    else:
+        start = [sys.executable, "-m", "webhook.cli"]
+    return [[*start, "serve", "--host", "127.0.0.1", "--port", str(port),
              "--health-addr", f"127.0.0.1:{free_port()}", "--metrics-addr", f"127.0.0.1:{free_port()}",
              "--webhook-cert-dir", str(tmp / "certs"), "--objects", str(tmp / "sa.yaml"),
              "--workers", str(workers)]]
@@ -122,6 +134,24 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
 
 
 SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
+COMPILED = "wi-webhook compiled"
+
+
+def compiled_venv(tmp: Path) -> Path:
+    """The compiled build installed in isolation under tmp; fails unless its hot-path modules are extensions."""
+    wheel, built = compiled_wheel()
+    venv = tmp / "compiled-venv"
+    python = isolated_python(wheel, venv)
+    found = probe(python, tmp)
+    files = found["files"]
+    stray = {name: file for name, file in files.items()
+             if not Path(file).resolve().is_relative_to(venv.resolve())
+             or (name in compiled_modules() and not is_extension(file))}
+    if stray:
+        raise SystemExit(f"the compiled build does not import as expected: {stray}")
+    print(f"{COMPILED}: {wheel.name} ({'built' if built else 'cached'}), "
+          + ", ".join(Path(files[m]).name for m in compiled_modules()), file=sys.stderr)
+    return venv
 
 
 def main() -> int:
@@ -130,6 +160,8 @@ def main() -> int:
     parser.add_argument("--rates", default="500,1000,2000")
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--workers", default="1,2", help="server processes; with 2 the load shares the cores")
+    parser.add_argument("--compiled", action="store_true",
+                        help=f"also run the wi-webhook rows from the mypyc-compiled build, labelled '{COMPILED}'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wi-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -138,20 +170,23 @@ def main() -> int:
         ca = make_certs(tmp / "certs")
         (tmp / "sa.yaml").write_text(SA)
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
+        compiled = compiled_venv(tmp) if args.compiled else None
+        servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
         rows: list[tuple[str, str, str, dict[str, Any]]] = []
         for workers in (int(w) for w in args.workers.split(",")):
             server_cpu, load_cpu = ("0", "1") if workers == 1 else ("0,1", "0,1")
             for size in args.sizes.split(","):
-                for name, scenario in SERVERS:
+                for name, scenario in servers:
                     if name == "go floor" and workers > 1:
                         continue
                     body = tmp / f"{size}-{scenario}.json"
                     body.write_bytes(review(size, scenario))
                     port = free_port()
+                    # Started in tmp: a checkout in the working directory must not shadow the compiled build.
                     procs = [subprocess.Popen([*pin(server_cpu), *command], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL)
-                             for command in server_commands(name, port, workers, tmp, binary)]
-                    label = f"{name} x{workers}" + (f" {scenario}" if name == "wi-webhook" else "")
+                                              stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED else None)
+                             for command in server_commands(name, port, workers, tmp, binary, compiled)]
+                    label = f"{name} x{workers}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
                     try:
                         wait_port(port, procs[0])
                         url = f"https://127.0.0.1:{port}/mutate-v1-pod"
@@ -174,10 +209,10 @@ def main() -> int:
 
 
 def report(rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-    print(f"{'pod':6} {'server':27} {'load':11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+    print(f"{'pod':6} {'server':32} {'load':11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
           f"{'errors':>6}")
     for size, name, load, r in rows:
-        print(f"{size:6} {name:27} {load:11} {r['per_second']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+        print(f"{size:6} {name:32} {load:11} {r['per_second']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
               f"{r['p999_ms']:9.2f} {r['errors']:6d}")
     print("\nratio wi-webhook / baseline (throughput):")
     index = {(s, n, load): r for s, n, load, r in rows}
@@ -189,6 +224,18 @@ def report(rows: list[tuple[str, str, str, dict[str, Any]]]) -> None:
                 if ours:
                     print(f"  {workers:3} {size:6} {scenario:9} {load:11} "
                           f"{ours['per_second'] / max(r['per_second'], 1e-9):5.2f}")
+    compiled = [(size, name, load, r) for size, name, load, r in rows if name.startswith(COMPILED)]
+    if compiled:
+        print(f"\nratio {COMPILED} / baseline and / wi-webhook from the sources (throughput):")
+        for size, name, load, r in compiled:
+            workers, scenario = name.split()[2:4]
+            print(f"  {workers:3} {size:6} {scenario:9} {load:11} "
+                  f"{ratio(r, index.get((size, f'baseline {workers}', load)))} "
+                  f"{ratio(r, index.get((size, f'wi-webhook {workers} {scenario}', load)))}")
+
+
+def ratio(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
+    return f"{ours['per_second'] / max(theirs['per_second'], 1e-9):5.2f}" if theirs else "  n/a"
 
 
 if __name__ == "__main__":
