@@ -3,10 +3,11 @@
 `compiled_wheel()` builds with this environment's mypy, as setup.py describes (`WI_WEBHOOK_COMPILE=1 pip wheel
 --no-build-isolation --no-deps`), from a copy of the sources, so nothing is written into the checkout. The wheel is
 cached outside the repo in `$WI_TEST_BIN_DIR` (default `~/.cache/wi-webhook-test-bin`, beside the test API server)
-under `compiled-<key>/`. The key hashes everything the wheel is made of, not only the compiled modules: every file
-of the package (the wheel also carries the uncompiled modules, and mypyc compiles against their types),
-pyproject.toml, setup.py and README.md (the metadata), mypy's version and this interpreter's ABI. A fresh machine
-builds it from nothing (about 80 s on 2 cores); the newest `KEEP` entries are kept, older ones removed.
+under `compiled-<key>/`. The key hashes everything the wheel's behaviour depends on, not only the compiled modules:
+every file of the package (the wheel also carries the uncompiled modules, and mypyc compiles against their types),
+pyproject.toml and setup.py, mypy's version and this interpreter's ABI. README.md is copied for the build but not
+hashed: it is only the wheel's long description, and a documentation edit should not cost a rebuild. A fresh
+machine builds it from nothing (about 80 s on 2 cores); the newest `KEEP` entries are kept, older ones removed.
 
 `isolated_python()` installs the wheel into a fresh venv without system site-packages. Its dependencies come from
 this (the development) environment through a plain path line in a `.pth` file: a directory added that way is not a
@@ -51,14 +52,19 @@ def compiled_modules() -> list[str]:
 
 def wheel_inputs() -> list[Path]:
     """Every file the wheel is built from, relative to ROOT."""
+    return [Path("README.md"), *keyed_inputs()]
+
+
+def keyed_inputs() -> list[Path]:
+    """The files the cached wheel is keyed by: all of wheel_inputs() but the README."""
     package = [p.relative_to(ROOT) for p in sorted((ROOT / "webhook").rglob("*"))
                if p.is_file() and "__pycache__" not in p.parts]
-    return [Path("pyproject.toml"), Path("setup.py"), Path("README.md"), *package]
+    return [Path("pyproject.toml"), Path("setup.py"), *package]
 
 
 def cache_key() -> str:
     digest = hashlib.sha256()
-    for path in wheel_inputs():
+    for path in keyed_inputs():
         digest.update(f"{path.as_posix()}\0".encode())
         digest.update(hashlib.sha256((ROOT / path).read_bytes()).digest())
     digest.update(f"mypy {version('mypy')}\0{sys.implementation.cache_tag}\0{sysconfig.get_platform()}\0"
