@@ -154,6 +154,51 @@ def compiled_venv(tmp: Path) -> Path:
     return venv
 
 
+def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, tmp: Path, binary: Path, ca: Path,
+                env: dict[str, str], compiled: Path | None) -> int:
+    """Saturation ratios that survive a noisy host: every server runs at once (one worker each, all pinned to CPU 0,
+    idle while another is measured) and they are measured in turn, round after round, so drift in the host's speed
+    hits all of them alike. Reports each server's median req/s and the median of its per-round ratio to the
+    baseline measured in the same round."""
+    import statistics
+
+    procs: list[subprocess.Popen[bytes]] = []
+    targets: list[tuple[str, str, Path]] = []  # label, url, body
+    try:
+        for size in args.sizes.split(","):
+            for name, scenario in servers:
+                if name == "go floor":
+                    continue
+                body = tmp / f"{size}-{scenario}.json"
+                body.write_bytes(review(size, scenario))
+                port = free_port()
+                [command] = server_commands(name, port, 1, tmp, binary, compiled)
+                procs.append(subprocess.Popen([*pin("0"), *command], env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED else None))
+                wait_port(port, procs[-1])
+                label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
+                targets.append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
+        rates: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+        ratios: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+        for _ in range(args.rounds):
+            for label, url, body in targets:
+                rates[label].append(loadgen(binary, url, body, ca, ["-mode", "sat", "-conns", "16", "-duration",
+                                                                   args.duration])["per_second"])
+            for label in rates:
+                baseline = rates[f"{label.split()[0]} baseline"][-1]
+                ratios[label].append(rates[label][-1] / baseline)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    print(f"saturation, one worker, {args.rounds} interleaved rounds of {args.duration} (medians):")
+    print(f"{'server':36} {'req/s':>8} {'ratio':>6}   per-round ratios")
+    for label in rates:
+        print(f"{label:36} {statistics.median(rates[label]):8.0f} {statistics.median(ratios[label]):6.2f}   "
+              + " ".join(f"{r:.2f}" for r in ratios[label]))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", default="5s")
@@ -162,6 +207,9 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="server processes; with 2 the load shares the cores")
     parser.add_argument("--compiled", action="store_true",
                         help=f"also run the wi-webhook rows from the mypyc-compiled build, labelled '{COMPILED}'")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="instead of the table: saturation only, one worker, all servers kept running and "
+                             "measured in turn for this many rounds; medians of req/s and of per-round ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wi-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -172,6 +220,8 @@ def main() -> int:
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
         compiled = compiled_venv(tmp) if args.compiled else None
         servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
+        if args.rounds:
+            return interleaved(servers, args, tmp, binary, ca, env, compiled)
         rows: list[tuple[str, str, str, dict[str, Any]]] = []
         for workers in (int(w) for w in args.workers.split(",")):
             server_cpu, load_cpu = ("0", "1") if workers == 1 else ("0,1", "0,1")
