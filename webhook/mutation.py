@@ -162,7 +162,7 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
     fragments = _account_fragments(sa, config, custom_active)
     volume = projected_volume(volume_name_for(ref.name), expiration, config, custom_active)
     mount = {"name": volume["name"], "mountPath": MOUNT_PATH, "readOnly": True}
-    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else NO_SKIP
+    skip = skip_containers(annotations)
 
     result = MutationResult(volume_name=volume["name"], env_names=list(fragments.env_names),
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
@@ -308,11 +308,13 @@ def token_expiration(pod_annotations: Mapping[str, str], sa_annotations: Mapping
     return seconds
 
 
-NO_SKIP: frozenset[str] = frozenset()
+_NO_SKIP: frozenset[str] = frozenset()
 
 
 def skip_containers(annotations: Mapping[str, str]) -> frozenset[str]:
     raw = annotations.get(SKIP_CONTAINERS_ANNOTATION, "")
+    if not raw:
+        return _NO_SKIP  # the usual case, on every review: no set built
     return frozenset(name.strip() for name in raw.split(";") if name.strip())
 
 

@@ -37,7 +37,6 @@ from webhook.constants import (
 )
 from webhook.memo import IdentityMemo
 from webhook.mutation import (
-    NO_SKIP,
     Denial,
     MutationResult,
     PodRef,
@@ -123,7 +122,7 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     annotations = metadata.get("annotations") or {}
     spec = pod.get("spec") or {}
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    skip = skip_containers(annotations) if SKIP_CONTAINERS_ANNOTATION in annotations else NO_SKIP
+    skip = skip_containers(annotations)
     for container in containers:
         name = container.get("name", "")
         if name in skip:
