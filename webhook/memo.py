@@ -24,15 +24,12 @@ class IdentityMemo(Generic[V]):
         self._entries: dict[tuple[Hashable, ...], tuple[tuple[object, ...], V]] = {}
 
     def get(self, objects: tuple[object, ...], extra: Hashable = None) -> V | None:
-        """The value stored for exactly these objects (by identity) and `extra`, or None."""
+        """The value stored for exactly these objects (by identity) and `extra`, or None.
+
+        The key's ids are enough: an entry keeps its objects alive, so a live object with one of those ids is the
+        very object the entry was stored for."""
         entry = self._entries.get((*[id(o) for o in objects], extra))
-        if entry is None:
-            return None
-        kept = entry[0]
-        for index, obj in enumerate(objects):
-            if kept[index] is not obj:
-                return None
-        return entry[1]
+        return None if entry is None else entry[1]
 
     def put(self, objects: tuple[object, ...], extra: Hashable, value: V) -> V:
         if len(self._entries) >= self._max_entries:
