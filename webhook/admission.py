@@ -68,7 +68,7 @@ def encode_patch(patch: list[dict[str, Any]]) -> str:
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
                     audit_annotations: dict[str, str] | None = None) -> bytes:
     """Serialise the AdmissionReview reply for a mutation result."""
-    return response_body(request, response_tail(response_fields(result, warnings, audit_annotations)))
+    return response_body(request, decision_tail(result, warnings, audit_annotations))
 
 
 def response_fields(result: MutationResult, warnings: list[str] | None = None,
