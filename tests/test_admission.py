@@ -87,5 +87,17 @@ patches = st.lists(st.fixed_dictionaries({"op": st.sampled_from(["add", "replace
        audit=st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=3))
 def test_decision_tail_is_the_generic_encoding_byte_for_byte(patch: list[dict[str, Any]], denied: bool,
                                                              warnings: list[str], audit: dict[str, str]) -> None:
-    result = MutationResult(patch=patch, denial=Denial("no \"way\" é", reason="R") if denied else None)
-    assert decision_tail(result, warnings, audit) == response_tail(response_fields(result, warnings, audit))
+    denial = Denial("no \"way\" é", reason="R") if denied else None
+    result = MutationResult.from_patch(patch, denial=denial)
+    assert result.patch == patch and result.patch_json == orjson.dumps(patch)
+    expected: dict[str, Any] = {"allowed": not denied}
+    if denial is not None:
+        expected["status"] = {"code": 400, "message": denial.message, "reason": "R"}
+    elif patch:
+        expected |= {"patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(patch)).decode()}
+    if warnings:
+        expected["warnings"] = warnings
+    if audit:
+        expected["auditAnnotations"] = audit
+    assert decision_tail(result, warnings, audit) == response_tail(response_fields(result, warnings, audit)) \
+        == b"," + orjson.dumps(expected)[1:] + b"}"

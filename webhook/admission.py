@@ -61,10 +61,6 @@ def parse_review(body: bytes) -> ReviewRequest:
     )
 
 
-def encode_patch(patch: list[dict[str, Any]]) -> str:
-    return b64encode(orjson.dumps(patch)).decode("ascii")
-
-
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
                     audit_annotations: dict[str, str] | None = None) -> bytes:
     """Serialise the AdmissionReview reply for a mutation result."""
@@ -78,9 +74,9 @@ def response_fields(result: MutationResult, warnings: list[str] | None = None,
     if result.denial is not None:
         response["status"] = {"code": result.denial.code, "message": result.denial.message,
                               "reason": result.denial.reason}
-    elif result.patch:
+    elif result.encoded_ops:
         response["patchType"] = "JSONPatch"
-        response["patch"] = encode_patch(result.patch)
+        response["patch"] = b64encode(result.patch_json).decode("ascii")
     if warnings:
         response["warnings"] = warnings
     if audit_annotations:
@@ -97,9 +93,9 @@ def decision_tail(result: MutationResult, warnings: list[str] | None = None,
                   audit_annotations: dict[str, str] | None = None) -> bytes:
     """`response_tail(response_fields(...))`, byte for byte, without encoding the base64 patch twice (it is most of
     the answer): the patch's base64 text needs no JSON escaping, so it is spliced in as it is."""
-    if result.denial is not None or not result.patch:
+    if result.denial is not None or not result.encoded_ops:
         return response_tail(response_fields(result, warnings, audit_annotations))
-    parts = [b',"allowed":true,"patchType":"JSONPatch","patch":"', b64encode(orjson.dumps(result.patch)), b'"']
+    parts = [b',"allowed":true,"patchType":"JSONPatch","patch":"', b64encode(result.patch_json), b'"']
     if warnings:
         parts += (b',"warnings":', orjson.dumps(warnings))
     if audit_annotations:

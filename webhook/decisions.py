@@ -49,7 +49,7 @@ class Answer:
     @classmethod
     def of(cls, decision: Decision) -> Answer:
         result = decision.result
-        outcome = "denied" if result.denial is not None else "mutated" if result.patch else "skipped"
+        outcome = "denied" if result.denial is not None else "mutated" if result.encoded_ops else "skipped"
         return cls(decision, decision_tail(result, decision.warnings, decision.audit_annotations),
                    outcome)
 

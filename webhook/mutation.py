@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -87,9 +87,15 @@ class PodRef(NamedTuple):
 
 @dataclass
 class MutationResult:
-    """The patch (empty when nothing changes) plus facts for logs, metrics and the status annotation."""
+    """The patch (empty when nothing changes) plus facts for logs, metrics, policy and the status annotation.
 
-    patch: list[PatchOp] = field(default_factory=list)
+    The operations are kept encoded, each exactly as `orjson.dumps` encodes it: the server only ever sends the
+    patch as JSON, so the hot path writes the bytes once instead of building dicts to encode them later (the
+    per-container env and mount operations are spliced from pieces encoded once per ServiceAccount). `patch`
+    decodes them for the CLI, `check` and tests.
+    """
+
+    encoded_ops: list[bytes] = field(default_factory=list)
     denial: Denial | None = None
     volume_name: str = ""
     env_names: list[str] = field(default_factory=list)
@@ -97,6 +103,23 @@ class MutationResult:
     skipped_containers: list[str] = field(default_factory=list)
     proxy_injected: bool = False
     expiration_seconds: int = 0
+    # (container, env name, value) for each env entry of an injected container that already sets one of the names
+    # the webhook injects (the webhook keeps it): what policy rule WI005 compares, found by the same pass.
+    kept_env: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_patch(cls, patch: list[PatchOp], **facts: Any) -> MutationResult:
+        return cls(encoded_ops=[orjson.dumps(op) for op in patch], **facts)
+
+    @property
+    def patch_json(self) -> bytes:
+        """The JSON Patch document: byte for byte `orjson.dumps(self.patch)`."""
+        return b"[" + b",".join(self.encoded_ops) + b"]"
+
+    @property
+    def patch(self) -> list[PatchOp]:
+        """The operations as JSON values (decoded on each access; the empty list when nothing changes)."""
+        return orjson.loads(self.patch_json) if self.encoded_ops else []
 
     @property
     def allowed(self) -> bool:
@@ -166,19 +189,19 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
 
     result = MutationResult(volume_name=volume["name"], env_names=list(fragments.env_names),
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
-    ops = result.patch
+    ops = result.encoded_ops
     status = fragments.status_head + orjson.dumps(volume["name"]).decode() + fragments.status_tail \
         if config.status_annotation else None
     if "metadata" not in pod or pod["metadata"] is None:
-        ops.append({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}})
+        ops.append(orjson.dumps({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}}))
         metadata = {"namespace": ref.namespace}
     elif metadata.get("namespace") != ref.namespace:
-        ops.append({"op": "replace" if "namespace" in metadata else "add", "path": "/metadata/namespace",
-                    "value": ref.namespace})
+        ops.append(orjson.dumps({"op": "replace" if "namespace" in metadata else "add",
+                                 "path": "/metadata/namespace", "value": ref.namespace}))
     if "spec" not in pod or pod["spec"] is None:
-        ops.append({"op": "add", "path": "/spec", "value": {}})
+        ops.append(orjson.dumps({"op": "add", "path": "/spec", "value": {}}))
 
-    injector = _ContainerInjector(fragments.env, mount, skip, result)
+    injector = _ContainerInjector(fragments, mount, skip, result)
     init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
     app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
     if proxy_port is not None:
@@ -193,7 +216,7 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
 
     _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
     if status is not None:
-        ops.extend(_annotation_ops(metadata, STATUS_ANNOTATION, status))
+        ops.extend(orjson.dumps(op) for op in _annotation_ops(metadata, STATUS_ANNOTATION, status))
     return result
 
 
@@ -213,11 +236,14 @@ _VOLUME_MARK = "\x00volume\x00"  # stands for the per-pod volume name in the mem
 
 @dataclass(frozen=True, slots=True)
 class _AccountFragments:
-    """What a mutation derives from the ServiceAccount and config alone: the env vars to inject and the status
-    annotation around the per-pod volume name (`status_head + json(volume) + status_tail` is status_annotation)."""
+    """What a mutation derives from the ServiceAccount and config alone: the env vars to inject (also encoded, one
+    entry at a time and as a whole list) and the status annotation around the per-pod volume name
+    (`status_head + json(volume) + status_tail` is status_annotation)."""
 
     env: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]
+    env_json: tuple[bytes, ...]  # orjson.dumps({"name": ..., "value": ...}) for each of `env`
+    env_list_json: bytes  # orjson.dumps of the whole env list
     status_head: str
     status_tail: str
 
@@ -234,7 +260,9 @@ def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_ac
     names = [name for name, _ in env]
     marked = status_annotation(sa, MutationResult(volume_name=_VOLUME_MARK, env_names=names), config)
     head, tail = marked.split(orjson.dumps(_VOLUME_MARK).decode())
-    return _fragments.put((sa, config), custom_active, _AccountFragments(env, tuple(names), head, tail))
+    entries = [{"name": name, "value": value} for name, value in env]
+    return _fragments.put((sa, config), custom_active, _AccountFragments(
+        env, tuple(names), tuple(orjson.dumps(entry) for entry in entries), orjson.dumps(entries), head, tail))
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -424,7 +452,7 @@ def _same(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
 class _ListEditor:
     """Emits add/replace ops for one array of the pod while tracking how earlier ops shifted its indices."""
 
-    def __init__(self, path: str, current: list[Any] | None, ops: list[PatchOp]) -> None:
+    def __init__(self, path: str, current: list[Any] | None, ops: list[bytes]) -> None:
         self.path = path
         self._items: list[tuple[bool, Any]] | None = None if current is None else [(False, c) for c in current]
         self._ops = ops
@@ -444,13 +472,13 @@ class _ListEditor:
     def _insert(self, item: Any, *, at_start: bool) -> None:
         if self._items is None:
             self._items = [(True, item)]
-            self._ops.append({"op": "add", "path": self.path, "value": [item]})
+            self._ops.append(orjson.dumps({"op": "add", "path": self.path, "value": [item]}))
         elif at_start:
             self._items.insert(0, (True, item))
-            self._ops.append({"op": "add", "path": f"{self.path}/0", "value": item})
+            self._ops.append(orjson.dumps({"op": "add", "path": f"{self.path}/0", "value": item}))
         else:
             self._items.append((True, item))
-            self._ops.append({"op": "add", "path": f"{self.path}/-", "value": item})
+            self._ops.append(orjson.dumps({"op": "add", "path": f"{self.path}/-", "value": item}))
 
     def upsert(self, item: dict[str, Any], same: Any = _same) -> None:
         """Replace the same-named entry (unless already identical) or append a new one."""
@@ -458,7 +486,7 @@ class _ListEditor:
             if existing.get("name") == item["name"]:
                 if not same(item, existing):
                     self._items[index] = (True, item)  # type: ignore[index]
-                    self._ops.append({"op": "replace", "path": f"{self.path}/{index}", "value": item})
+                    self._ops.append(orjson.dumps({"op": "replace", "path": f"{self.path}/{index}", "value": item}))
                 return
         self.append(item)
 
@@ -466,10 +494,11 @@ class _ListEditor:
 class _ContainerInjector:
     """Adds the env vars and the mount to each container that is not skipped, recording what it did."""
 
-    def __init__(self, env: Sequence[tuple[str, str]], mount: dict[str, Any], skip: frozenset[str],
+    def __init__(self, fragments: _AccountFragments, mount: dict[str, Any], skip: frozenset[str],
                  result: MutationResult) -> None:
-        self._env = env
+        self._fragments = fragments
         self._mount = mount
+        self._mount_json = orjson.dumps(mount)
         self._skip = skip
         self._result = result
 
@@ -481,46 +510,61 @@ class _ContainerInjector:
         self._result.injected_containers.append(name)
         return False
 
-    def _missing_env(self, container: dict[str, Any]) -> list[dict[str, str]]:
-        current: list[dict[str, Any]] | None = container.get("env")
-        if not current:
-            return [{"name": name, "value": value} for name, value in self._env]
-        present = {entry.get("name") for entry in current}
-        return [{"name": name, "value": value} for name, value in self._env if name not in present]
-
     def inject_new(self, container: dict[str, Any]) -> dict[str, Any]:
         """A container we create gets everything in one `add` op."""
         if not self._skipped(container):
-            container["env"] = list(container.get("env") or []) + self._missing_env(container)
+            current: list[dict[str, Any]] = list(container.get("env") or [])
+            present = {entry.get("name") for entry in current}
+            container["env"] = current + [{"name": name, "value": value} for name, value in self._fragments.env
+                                          if name not in present]
             if not container["env"]:
                 del container["env"]
             container["volumeMounts"] = [dict(self._mount)]
         return container
 
-    def inject_existing(self, container: dict[str, Any], path: str, ops: list[PatchOp]) -> None:
-        """Append the ops for a container of the pod: the missing env vars, then the mount (added, or replacing a
-        same-named mount that differs). Inlined rather than a _ListEditor: this runs for every container."""
+    def inject_existing(self, container: dict[str, Any], path: str, ops: list[bytes]) -> None:
+        """Append the ops for a container of the pod: the env vars it does not set yet, then the mount (added, or
+        replacing a same-named mount that differs). Inlined rather than a _ListEditor, and spliced from encoded
+        pieces: this runs for every container of every pod."""
         if self._skipped(container):
             return
-        missing = self._missing_env(container)
-        if missing:
-            if container.get("env") is None:
-                ops.append({"op": "add", "path": f"{path}/env", "value": missing})
-            else:
-                env_path = f"{path}/env/-"
-                ops.extend([{"op": "add", "path": env_path, "value": entry} for entry in missing])
+        fragments = self._fragments
+        where = path.encode()
+        current: list[dict[str, Any]] | None = container.get("env")
+        if not current:
+            if fragments.env_json:
+                if current is None:
+                    ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
+                else:
+                    head = b'{"op":"add","path":"' + where + b'/env/-","value":'
+                    ops.extend([head + entry + b"}" for entry in fragments.env_json])
+        else:
+            present: list[str] = []
+            names = fragments.env_names
+            for entry in current:
+                name = entry.get("name")
+                if name in names:
+                    # The user's value is kept (the reference does the same); policy WI005 compares it.
+                    self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
+                    present.append(name)
+            missing = fragments.env_json if not present else tuple(
+                encoded for name, encoded in zip(names, fragments.env_json, strict=True) if name not in present)
+            if missing:
+                head = b'{"op":"add","path":"' + where + b'/env/-","value":'
+                ops.extend([head + entry + b"}" for entry in missing])
         mount = self._mount
         mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:
-            ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(mount)]})
+            ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts","value":[' + self._mount_json + b"]}")
             return
         name = mount["name"]
         for index, existing in enumerate(mounts):
             if existing.get("name") == name:
                 if dict(existing) != mount:
-                    ops.append({"op": "replace", "path": f"{path}/volumeMounts/{index}", "value": dict(mount)})
+                    ops.append(b'{"op":"replace","path":"' + where + b"/volumeMounts/" + str(index).encode()
+                               + b'","value":' + self._mount_json + b"}")
                 return
-        ops.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(mount)})
+        ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts/-","value":' + self._mount_json + b"}")
 
 
 _LIST_FIELDS = ("containers", "initContainers", "volumes")
@@ -558,13 +602,12 @@ def _check_shape(pod: JSON) -> None:
         if not isinstance(items, list):
             raise PodShapeError(f"spec.{key} must be a list")
         for index, item in enumerate(items):
-            where = f"spec.{key}[{index}]"
             if not isinstance(item, dict):
-                raise PodShapeError(f"{where} must be an object")
+                raise PodShapeError(f"spec.{key}[{index}] must be an object")
             if item.get("name") is not None and not isinstance(item["name"], str):
-                raise PodShapeError(f"{where}.name must be a string")
+                raise PodShapeError(f"spec.{key}[{index}].name must be a string")
             if key != "volumes":
-                _check_container(item, where)
+                _check_container(item, key, index)
 
 
 def _well_formed(items: Any) -> bool:
@@ -577,11 +620,12 @@ def _well_formed(items: Any) -> bool:
     return True
 
 
-def _check_container(container: dict[str, Any], where: str) -> None:
+def _check_container(container: dict[str, Any], list_name: str, position: int) -> None:
     for key in ("env", "volumeMounts"):
         items = container.get(key)
         if items is None or _well_formed(items):
             continue
+        where = f"spec.{list_name}[{position}]"  # only built for an error: this runs for every container
         if not isinstance(items, list):
             raise PodShapeError(f"{where}.{key} must be a list")
         for index, item in enumerate(items):

@@ -121,21 +121,15 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     spec = pod.get("spec") or {}
-    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
     skip = skip_containers(annotations)
-    for container in containers:
-        name = container.get("name", "")
-        if name in skip:
-            continue
-        for entry in container.get("env") or []:
-            env_name = entry.get("name")
-            if env_name in wanted:
-                value = entry.get("value")
-                expected = wanted[env_name]
-                if isinstance(value, str) and value != expected:
-                    found.append(("WI005", f"container {name} sets {env_name}={value!r}; the webhook would inject "
-                                           f"{expected!r} and keeps yours", name))
+    for name, env_name, value in result.kept_env:  # the env entries the mutation kept, in pod order
+        if env_name in wanted:
+            expected = wanted[env_name]
+            if isinstance(value, str) and value != expected:
+                found.append(("WI005", f"container {name} sets {env_name}={value!r}; the webhook would inject "
+                                       f"{expected!r} and keeps yours", name))
     if skip:
+        containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
         names = {c.get("name", "") for c in containers} | _WEBHOOK_CONTAINERS
         for missing in sorted(skip - names):
             found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
@@ -146,7 +140,7 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
                                f"{bounds.min}-{bounds.max}s", ""))
     if policy.namespaces is not None and policy.namespaces.forbids(namespace):
         found.append(("WI008", f"namespace {namespace} may not use workload identity", ""))
-    if containers and not result.injected_containers:
+    if not result.injected_containers and (spec.get("initContainers") or spec.get("containers")):
         found.append(("WI010", "every container is skipped: nothing gets the identity", ""))
     return found
 
