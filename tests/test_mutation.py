@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import (
     CLIENT,
@@ -180,6 +183,22 @@ def test_go_parse_int_matches_go() -> None:
         go_parse_int("1_000", 32)
     with pytest.raises(ValueError, match="invalid syntax"):
         go_parse_int("7200\n", 64)  # a YAML block scalar's trailing newline: Go rejects it too
+    for text in ("+", "-", "+-5", "\u0663", "\uff17200", "3\u00b2", "٣٦٠٠"):  # other scripts' digits: not Go's
+        with pytest.raises(ValueError, match="invalid syntax"):
+            go_parse_int(text, 64)
+    assert go_parse_int("+3600", 64) == 3600 and go_parse_int("-0", 64) == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("+-0123456789 _x\n\u0663\uff17\u00b2"), max_size=8))
+def test_go_parse_int_accepts_exactly_signed_ascii_digits(text: str) -> None:
+    try:
+        go_parse_int(text, 64)
+    except ValueError as exc:
+        accepted = "out of range" in str(exc)
+    else:
+        accepted = True
+    assert accepted == bool(re.fullmatch(r"[+-]?[0-9]+", text))
 
 
 # §2/§3.4 skip containers ------------------------------------------------------------------------------------

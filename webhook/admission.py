@@ -51,14 +51,9 @@ def parse_review(body: bytes) -> ReviewRequest:
     if not isinstance(namespace, str):
         raise BadReview("AdmissionReview.request.namespace must be a string")
     operation = request.get("operation") or ""
-    return ReviewRequest(
-        api_version=api_version,
-        uid=uid,
-        namespace=namespace,
-        operation=operation if isinstance(operation, str) else "",
-        dry_run=request.get("dryRun") is True,
-        pod=request.get("object"),
-    )
+    # Positional: keyword arguments cost a generic call in the compiled build.
+    return ReviewRequest(api_version, uid, namespace, operation if isinstance(operation, str) else "",
+                         request.get("dryRun") is True, request.get("object"))
 
 
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,

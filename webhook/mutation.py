@@ -13,7 +13,6 @@ resources from config (#1441), and denials carry the annotation name and the fix
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -202,17 +201,22 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
         ops.append(orjson.dumps({"op": "add", "path": "/spec", "value": {}}))
 
     injector = _ContainerInjector(fragments, mount, skip, result)
-    init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
-    app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
-    if proxy_port is not None:
+    if proxy_port is None:  # the usual case: no container is inserted, so each keeps its index
+        for path, containers in (("/spec/initContainers", spec.get("initContainers")),
+                                 ("/spec/containers", spec.get("containers"))):
+            for index, container in enumerate(containers or ()):
+                injector.inject_existing(container, f"{path}/{index}", ops)
+    else:
+        init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
+        app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
         if not init_list.has(PROXY_INIT_CONTAINER_NAME):
             init_list.append(injector.inject_new(proxy_init_container(proxy_port, config)))
         sidecar_list = init_list if config.native_sidecar else app_list
         if not sidecar_list.has(PROXY_CONTAINER_NAME):
             sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
-    for editor in (init_list, app_list):
-        for index, container in editor.existing():
-            injector.inject_existing(container, f"{editor.path}/{index}", ops)
+        for editor in (init_list, app_list):
+            for index, container in editor.existing():
+                injector.inject_existing(container, f"{editor.path}/{index}", ops)
 
     _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
     if status is not None:
@@ -286,12 +290,10 @@ def wants_proxy(annotations: Mapping[str, str]) -> bool:
     return value is not None and value.strip().lower() != "false"
 
 
-_GO_INT = re.compile(r"[+-]?[0-9]+")
-
-
 def go_parse_int(text: str, bits: int) -> int:
     """strconv.ParseInt(text, 10, bits) with Go's error text, so messages match the reference."""
-    if not _GO_INT.fullmatch(text):  # fullmatch: `$` alone would accept a trailing newline
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not (digits.isascii() and digits.isdigit()):  # [+-]?[0-9]+ exactly: isdigit alone takes other scripts' digits
         raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax")
     value = int(text)
     if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
