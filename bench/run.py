@@ -159,7 +159,7 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
     """Saturation ratios that survive a noisy host: every server runs at once (one worker each, all pinned to CPU 0,
     idle while another is measured) and they are measured in turn, round after round, so drift in the host's speed
     hits all of them alike. Reports each server's median req/s and the median of its per-round ratio to the
-    baseline measured in the same round."""
+    baseline measured in the same round, and (unless --round-rate 0) its median p99 at that fixed rate."""
     import statistics
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -180,10 +180,15 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
                 targets.append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
         rates: dict[str, list[float]] = {label: [] for label, _, _ in targets}
         ratios: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+        p99s: dict[str, list[float]] = {label: [] for label, _, _ in targets}
         for _ in range(args.rounds):
             for label, url, body in targets:
                 rates[label].append(loadgen(binary, url, body, ca, ["-mode", "sat", "-conns", "16", "-duration",
                                                                    args.duration])["per_second"])
+                if args.round_rate:
+                    p99s[label].append(loadgen(binary, url, body, ca, [
+                        "-mode", "rate", "-rate", str(args.round_rate), "-conns", "64", "-duration",
+                        args.duration])["p99_ms"])
             for label in rates:
                 baseline = rates[f"{label.split()[0]} baseline"][-1]
                 ratios[label].append(rates[label][-1] / baseline)
@@ -196,6 +201,10 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
     for label in rates:
         print(f"{label:36} {statistics.median(rates[label]):8.0f} {statistics.median(ratios[label]):6.2f}   "
               + " ".join(f"{r:.2f}" for r in ratios[label]))
+    if args.round_rate:
+        print(f"\np99 at {args.round_rate}/s, one worker, the same rounds (median, then per round, ms):")
+        for label in p99s:
+            print(f"{label:36} {statistics.median(p99s[label]):8.2f}   " + " ".join(f"{p:.2f}" for p in p99s[label]))
     return 0
 
 
@@ -210,6 +219,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=0,
                         help="instead of the table: saturation only, one worker, all servers kept running and "
                              "measured in turn for this many rounds; medians of req/s and of per-round ratios")
+    parser.add_argument("--round-rate", type=int, default=1000,
+                        help="with --rounds: also measure p99 at this fixed rate in every round (0: do not)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wi-bench-") as tmp_name:
         tmp = Path(tmp_name)
