@@ -7,8 +7,8 @@ small (~4 KB) and a large (~200 KB) realistic one, each as a burst of identical 
 as distinct pods (every decision computed). A Go server with a fixed answer shows the harness's own floor.
 With --compiled, the wi-webhook rows are also run from the mypyc-compiled build ("wi-webhook compiled"): the wheel
 of tests/compiled.py (built with this environment's mypy, about 80 s, or taken from its cache), installed into an
-isolated venv whose `webhook.mutation`, `webhook.admission` and `webhook.decisions` are checked to be extension
-modules before anything is measured.
+isolated venv whose compiled modules (the list in pyproject.toml) are checked to be extension modules before
+anything is measured.
 Prints a table and the ratio ours/baseline. Not a test: nothing is asserted.
 """
 

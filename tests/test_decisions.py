@@ -19,11 +19,11 @@ from tests.support import CLIENT, annotated_sa, config, pod
 from tests.test_fuzz import reviews
 from webhook.admission import BadReview
 from webhook.decisions import DecisionCache
+from webhook.handler import AdmissionHandler
 from webhook.metrics import Metrics
 from webhook.mutation import ServiceAccountInfo, pod_ref, volume_name_for
 from webhook.policy import NamespaceInfo
 from webhook.policyfile import PolicyFile
-from webhook.server import AdmissionHandler
 from webhook.serviceaccounts import Lookup, StaticServiceAccounts
 
 

@@ -211,8 +211,9 @@ def _api_client(kubeconfig: str | None) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     from webhook.decisions import DecisionCache
+    from webhook.handler import AdmissionHandler
     from webhook.metrics import Metrics
-    from webhook.server import AdmissionHandler, serve
+    from webhook.server import serve
 
     if args.version:
         print(package_version())
