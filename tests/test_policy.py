@@ -79,6 +79,26 @@ def test_wi005_env_conflict_only_for_different_literal_values() -> None:
     assert [(f.rule, f.container) for f in decision.findings] == [("WI005", "app")]
 
 
+@pytest.mark.parametrize("proxy", [False, True])
+def test_wi005_in_pod_order_for_every_kept_entry_and_never_for_skipped_containers(proxy: bool) -> None:
+    """WI005 reads the entries the mutation kept (one env pass for both): init containers first, each entry once,
+    skipped containers not at all, whether or not the proxy containers shift the indices."""
+    def env(*values: str) -> list[dict[str, str]]:
+        return [{"name": "AZURE_CLIENT_ID", "value": value} for value in values]
+
+    annotations = {f"{WI}/skip-containers": "skipped"}
+    if proxy:
+        annotations[f"{WI}/inject-proxy-sidecar"] = "true"
+    containers = [{"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}, *env("one", "two")]},
+                  {"name": "skipped", "image": "x", "env": env("three")}]
+    init = [{"name": "init", "image": "x", "env": env("zero")}]
+    decision = admit(pod(containers=containers, init=init, annotations=annotations), "ns", annotated_sa(), config())
+    assert [(f.rule, f.container, f.message.split("=")[1].split(";")[0]) for f in decision.findings] == [
+        ("WI005", "init", "'zero'"), ("WI005", "app", "'one'"), ("WI005", "app", "'two'")]
+    assert decision.result.kept_env == [("init", "AZURE_CLIENT_ID", "zero"), ("app", "AZURE_CLIENT_ID", "one"),
+                                        ("app", "AZURE_CLIENT_ID", "two")]
+
+
 def test_wi006_unknown_skip_container() -> None:
     decision = admit(pod(annotations={f"{WI}/skip-containers": "sidecar;app2"}), "ns", annotated_sa(), config())
     assert sorted(f.container for f in decision.findings if f.rule == "WI006") == ["app2", "sidecar"]
