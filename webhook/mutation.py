@@ -533,25 +533,20 @@ class _ContainerInjector:
         fragments = self._fragments
         where = path.encode()
         current: list[dict[str, Any]] | None = container.get("env")
-        if not current:
-            if fragments.env_json:
-                if current is None:
-                    ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
-                else:
-                    head = b'{"op":"add","path":"' + where + b'/env/-","value":'
-                    ops.extend([head + entry + b"}" for entry in fragments.env_json])
-        else:
-            present: list[str] = []
-            names = fragments.env_names
-            for entry in current:
-                name = entry.get("name")
-                if name in names:
-                    # The user's value is kept (the reference does the same); policy WI005 compares it.
-                    self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
-                    present.append(name)
-            missing = fragments.env_json if not present else tuple(
-                encoded for name, encoded in zip(names, fragments.env_json, strict=True) if name not in present)
-            if missing:
+        present: list[str] = []
+        for entry in current or ():
+            name = entry.get("name")
+            if name in fragments.env_names:
+                # The user's value is kept (the reference does the same); policy WI005 compares it.
+                self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
+                present.append(name)
+        missing = fragments.env_json if not present else tuple(
+            encoded for name, encoded in zip(fragments.env_names, fragments.env_json, strict=True)
+            if name not in present)
+        if missing:
+            if current is None:  # nothing present: the whole list in one op
+                ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
+            else:
                 head = b'{"op":"add","path":"' + where + b'/env/-","value":'
                 ops.extend([head + entry + b"}" for entry in missing])
         mount = self._mount
