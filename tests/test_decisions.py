@@ -35,6 +35,9 @@ class Source(StaticServiceAccounts):
         self.live = live
         self.lookups = 0
 
+    def cached(self, namespace: str, name: str) -> Lookup | None:
+        return None  # every lookup goes through get(), which counts it
+
     async def get(self, namespace: str, name: str) -> Lookup:
         self.lookups += 1
         found = self.lookup(namespace, name)

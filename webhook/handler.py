@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from webhook.admission import parse_review, response_body, review_response
 from webhook.config import MutationConfig
@@ -35,7 +34,6 @@ class AdmissionHandler:
     metrics: Metrics = field(default_factory=Metrics)
     policy: PolicyFile = field(default_factory=lambda: PolicyFile(None))
     decisions: DecisionCache = field(default_factory=DecisionCache)
-    _children: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     async def review(self, body: bytes) -> bytes:
         """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
@@ -60,15 +58,8 @@ class AdmissionHandler:
         return body_out
 
     def _observe(self, outcome: str, namespace: str, elapsed: float) -> None:
-        """Per-request metrics; the labelled children are looked up once per (outcome, namespace)."""
-        children = self._children.get((outcome, namespace))
-        if children is None:
-            children = (self.metrics.requests.labels(outcome, namespace),
-                        self.metrics.reference_duration.labels(namespace, "webhook"))
-            self._children[(outcome, namespace)] = children
-        children[0].inc()
-        self.metrics.duration.observe(elapsed)
-        children[1].observe(elapsed)
+        """Per-request metrics: plain numbers (webhook/stats.py), exported at scrape time."""
+        self.metrics.admission.of(outcome, namespace).observe(elapsed)
 
     async def _answer(self, pod: object, namespace: str) -> Answer:
         """The decision for this pod: remembered when an identical pod met the very same inputs (see
@@ -83,7 +74,9 @@ class AdmissionHandler:
             except PodShapeError as exc:
                 return Answer.of(Decision(MutationResult(denial=Denial(f"couldn't decode pod: {exc}",
                                                                        reason="BadPod"))))
-        lookup = await self.source.get(ref.namespace, ref.service_account)
+        lookup = self.source.cached(ref.namespace, ref.service_account)
+        if lookup is None:
+            lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
             return Answer.of(Decision(MutationResult(denial=Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
@@ -92,11 +85,11 @@ class AdmissionHandler:
         policy = self.policy.current
         namespace_info = await self.source.namespace(ref.namespace) if policy.namespace_overrides else None
         if entry is not None and entry.valid_for(lookup.sa, namespace_info, policy, self.config):
-            self.metrics.decision_cache.labels("hit").inc()
+            self.metrics.decision_cache_hits.inc()
             return entry.answer
         answer = Answer.of(admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref))
         if key is not None and lookup.source == "cache" and lookup.sa is not None:
-            self.metrics.decision_cache.labels("miss").inc()
+            self.metrics.decision_cache_misses.inc()
             self.decisions.put(key, Remembered(ref, lookup.sa, namespace_info, policy, self.config, answer))
         return answer
 

@@ -1,16 +1,66 @@
-"""Prometheus metrics: ours, plus the reference's `azwi_mutation_request` histogram for existing dashboards."""
+"""Prometheus metrics: ours, plus the reference's `azwi_mutation_request` histogram for existing dashboards.
+
+The three per-review series (the request counter and both latency histograms) are kept as plain numbers by
+webhook/stats.py and exported by `AdmissionCollector`; the rest are prometheus-client metrics.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator
 
-# The reference's buckets (seconds): 1-10 ms by 1 ms, 20-100 ms by 10 ms, 0.2-1 s by 0.1 s, then 1.5, 2, 2.5, 3.
-REFERENCE_BUCKETS = (
-    *(i / 1000 for i in range(1, 11)),
-    *(i / 100 for i in range(2, 11)),
-    *(i / 10 for i in range(2, 11)),
-    1.5, 2.0, 2.5, 3.0,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from webhook.stats import REFERENCE_BUCKETS, AdmissionStats
+
+REQUESTS_HELP = ("Admission reviews answered, by decision (mutated, skipped, denied, error) and request "
+                 "namespace.")
+DURATION_HELP = "Time to answer an admission review."
+REFERENCE_HELP = "Reference-compatible mutation latency (seconds) by namespace."
+_LE = [floatToGoString(bound) for bound in REFERENCE_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+class AdmissionCollector(Collector):
+    """`wi_webhook_admission_requests_total`, `wi_webhook_admission_duration_seconds` and the reference's
+    `azwi_mutation_request{namespace, service_name="webhook"}`, from AdmissionStats at scrape time."""
+
+    def __init__(self, stats: Callable[[], AdmissionStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        requests = CounterMetricFamily("wi_webhook_admission_requests", REQUESTS_HELP, labels=["decision", "namespace"])
+        overall = [0] * len(_LE)
+        overall_seconds = 0.0
+        by_namespace: dict[str, tuple[list[int], list[float]]] = {}
+        for (decision, namespace), series in sorted(stats.series.items()):
+            requests.add_metric([decision, namespace], series.count)
+            if not any(series.buckets):
+                continue  # counted, never timed (a 400)
+            buckets, seconds = by_namespace.setdefault(namespace, ([0] * len(_LE), [0.0]))
+            for index, value in enumerate(series.buckets):
+                buckets[index] += value
+                overall[index] += value
+            seconds[0] += series.seconds
+            overall_seconds += series.seconds
+        duration = HistogramMetricFamily("wi_webhook_admission_duration_seconds", DURATION_HELP)
+        duration.add_metric([], _cumulative(overall), overall_seconds)
+        reference = HistogramMetricFamily("azwi_mutation_request", REFERENCE_HELP, labels=["namespace", "service_name"])
+        for namespace, (buckets, seconds) in by_namespace.items():
+            reference.add_metric([namespace, "webhook"], _cumulative(buckets), seconds[0])
+        yield requests
+        yield duration
+        yield reference
+
+
+def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:
+    out, running = [], 0
+    for le, value in zip(_LE, buckets, strict=True):
+        running += value
+        out.append((le, float(running)))
+    return out
 
 
 class Metrics:
@@ -18,18 +68,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "wi_webhook_admission_requests", "Admission reviews answered, by decision (mutated, unchanged, "
-            "denied, error) and request namespace.", ["decision", "namespace"], registry=self.registry)
-        self.duration = Histogram(
-            "wi_webhook_admission_duration_seconds", "Time to answer an admission review.",
-            buckets=REFERENCE_BUCKETS, registry=self.registry)
-        self.reference_duration = Histogram(
-            "azwi_mutation_request", "Reference-compatible mutation latency (seconds) by namespace.",
-            ["namespace", "service_name"], buckets=REFERENCE_BUCKETS, registry=self.registry)
+        self.admission = AdmissionStats()
+        self.registry.register(AdmissionCollector(lambda: self.admission))
         self.sa_lookups = Counter(
             "wi_webhook_serviceaccount_lookups", "ServiceAccount lookups by where the answer came from "
             "(cache, live, missing, error).", ["source"], registry=self.registry)
+        self.sa_lookups_cached = self.sa_lookups.labels("cache")  # per review: look the child up once
         # With --workers, each worker has its own cache: report the largest, and synced only if all are.
         self.cache_size = Gauge("wi_webhook_serviceaccount_cache_size", "ServiceAccounts held in the cache.",
                                 registry=self.registry, multiprocess_mode="livemax")
@@ -41,6 +85,8 @@ class Metrics:
         self.decision_cache = Counter(
             "wi_webhook_decision_cache", "Reviews answered from a remembered decision for an identical pod (hit) "
             "or computed and remembered (miss).", ["result"], registry=self.registry)
+        self.decision_cache_hits = self.decision_cache.labels("hit")
+        self.decision_cache_misses = self.decision_cache.labels("miss")
         self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",
                                 ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",

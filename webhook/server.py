@@ -54,7 +54,7 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Applic
         try:
             answer = await answer_with(body)
         except BadReview as exc:
-            handler.metrics.requests.labels("error", "").inc()
+            handler.metrics.admission.of("error", "").tally()
             return json_error(400, str(exc))
         return web.Response(body=answer, content_type="application/json")
 
@@ -97,14 +97,22 @@ def health_app(health: Health) -> web.Application:
     return app
 
 
-def write_worker_state(options: ServeOptions, health: Health) -> None:
-    """A worker's readiness, for the supervisor's /readyz (atomic replace; read by another process)."""
+def write_worker_state(options: ServeOptions, health: Health, metrics: Metrics) -> None:
+    """A worker's readiness and its per-review metrics, for the supervisor's /readyz and /metrics (each file
+    replaced atomically: another process reads them). The metrics file is named by pid and outlives the worker,
+    so the supervisor's totals never go down when a worker is replaced (see webhook/stats.py)."""
     if options.worker_state_dir is None:
         return
     ok, detail = health.ready()
-    path = Path(options.worker_state_dir) / f"worker-{options.worker_index}.json"
+    state_dir = Path(options.worker_state_dir)
+    _replace(state_dir / f"worker-{options.worker_index}.json",
+             orjson.dumps({"ready": ok, "detail": detail, "time": time.time(), "pid": os.getpid()}))
+    _replace(state_dir / f"admission-{os.getpid()}.json", metrics.admission.to_json())
+
+
+def _replace(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"ready": ok, "detail": detail, "time": time.time(), "pid": os.getpid()}))
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 
@@ -145,7 +153,7 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
 
     def report() -> None:
         if worker:
-            write_worker_state(options, health)
+            write_worker_state(options, health, handler.metrics)
 
     handler.source.start()
     if rotator is not None:
@@ -181,6 +189,8 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     finally:
         for runner in runners:
             await runner.cleanup()
+        with contextlib.suppress(OSError):
+            report()  # the reviews finished during shutdown count too
         handler.source.stop()
         if rotator is not None:
             rotator.stop()

@@ -4,7 +4,9 @@
 Decision: each worker keeps its own ServiceAccount cache (and watch). Nothing is shared on the hot path, a worker
 crash cannot corrupt another's state, and the cost is N watches per pod and N copies of the cache (about
 0.4 KB per ServiceAccount each). Metrics aggregate through prometheus-client's multiprocess mode (a directory of
-memory-mapped files in a temporary directory, so /tmp must be writable: the chart mounts an in-memory emptyDir).
+memory-mapped files in a temporary directory, so /tmp must be writable: the chart mounts an in-memory emptyDir),
+except the per-review ones, which each worker writes to a file of its own about once a second
+(webhook/stats.py) and the supervisor adds up when scraped.
 Only worker 0 runs the self-managed certificate rotator.
 """
 
@@ -25,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from webhook.config import ServeOptions, parse_addr
+from webhook.stats import AdmissionStats
 
 log = logging.getLogger("workers")
 
@@ -94,8 +97,21 @@ class Supervisor:
                 proc.wait(5)
 
 
+def worker_admission_stats(state_dir: Path) -> AdmissionStats:
+    """The per-review metrics of every worker this supervisor started, the exited ones included."""
+    stats = AdmissionStats()
+    for path in sorted(state_dir.glob("admission-*.json")):
+        try:
+            stats.add(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("skipping a worker's metrics file", extra={"file": str(path), "error": str(exc)})
+    return stats
+
+
 async def supervise(options: ServeOptions, argv: list[str]) -> int:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    from webhook.metrics import AdmissionCollector
 
     with tempfile.TemporaryDirectory(prefix="wi-webhook-workers-") as tmp:
         state_dir = Path(tmp)
@@ -118,6 +134,7 @@ async def supervise(options: ServeOptions, argv: list[str]) -> int:
         async def metrics(_: web.Request) -> web.Response:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=str(state_dir / "metrics"))  # type: ignore[no-untyped-call]
+            registry.register(AdmissionCollector(lambda: worker_admission_stats(state_dir)))
             response = web.Response(body=generate_latest(registry))
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
