@@ -5,7 +5,7 @@ The reply always uses the apiVersion of the request and echoes its uid, as the A
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import orjson
 from pybase64 import b64encode  # the base64 patch is most of an answer: SIMD, ~15x faster than binascii
@@ -19,13 +19,16 @@ class BadReview(ValueError):
     """The body is not an AdmissionReview we can answer; becomes HTTP 400 with this message."""
 
 
-class ReviewRequest(NamedTuple):
-    api_version: str
-    uid: str
-    namespace: str
-    operation: str
-    dry_run: bool
-    pod: Any
+class ReviewRequest:
+    """The envelope fields of a request, and its object. (A plain class: one per review; see PodRef.)"""
+
+    def __init__(self, api_version: str, uid: str, namespace: str, operation: str, dry_run: bool, pod: Any) -> None:
+        self.api_version: Final = api_version
+        self.uid: Final = uid
+        self.namespace: Final = namespace
+        self.operation: Final = operation
+        self.dry_run: Final = dry_run
+        self.pod: Final = pod
 
 
 def parse_review(body: bytes) -> ReviewRequest:

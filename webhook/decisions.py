@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -38,13 +38,18 @@ from webhook.policy import Decision, NamespaceInfo, Policy
 Key = tuple[str, bytes]
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """A decision with its encoded AdmissionResponse fields (all but the uid) and its metrics outcome."""
+    """A decision with its encoded AdmissionResponse fields (all but the uid) and its metrics outcome.
 
-    decision: Decision
-    tail: bytes  # the encoded response fields after the uid (admission.decision_tail)
-    outcome: str  # mutated | skipped | denied
+    Shared by every review a remembered decision answers, so never changed after it is made (Final). A plain
+    class: one is made per computed review, and a dataclass's generated `__init__` stays interpreted Python in
+    the compiled build.
+    """
+
+    def __init__(self, decision: Decision, tail: bytes, outcome: str) -> None:
+        self.decision: Final = decision
+        self.tail: Final = tail  # the encoded response fields after the uid (admission.decision_tail)
+        self.outcome: Final = outcome  # mutated | skipped | denied
 
     @classmethod
     def of(cls, decision: Decision) -> Answer:

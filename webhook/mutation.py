@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import orjson
 
@@ -76,12 +76,17 @@ class Denial:
     code: int = 400
 
 
-class PodRef(NamedTuple):
-    """What the shell needs before the ServiceAccount lookup: where the pod lives and which SA it runs as."""
+class PodRef:
+    """What the shell needs before the ServiceAccount lookup: where the pod lives and which SA it runs as.
+    (A plain class, not a NamedTuple: one is made per review, and a NamedTuple's `__new__` is interpreted.)"""
 
-    namespace: str
-    name: str
-    service_account: str
+    def __init__(self, namespace: str, name: str, service_account: str) -> None:
+        self.namespace: Final = namespace
+        self.name: Final = name
+        self.service_account: Final = service_account
+
+    def __repr__(self) -> str:
+        return f"PodRef({self.namespace!r}, {self.name!r}, {self.service_account!r})"
 
 
 class MutationResult:
@@ -146,7 +151,7 @@ def pod_ref(pod: JSON, request_namespace: str) -> PodRef:
     spec = pod.get("spec") or {}
     name = metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)"
     namespace = request_namespace or metadata.get("namespace") or ""
-    return PodRef(namespace=namespace, name=name, service_account=spec.get("serviceAccountName") or "default")
+    return PodRef(namespace, name, spec.get("serviceAccountName") or "default")
 
 
 def volume_name_for(pod_name: str) -> str:
@@ -251,12 +256,13 @@ _VOLUME_MARK = "\x00volume\x00"  # stands for the per-pod volume name in the mem
 @dataclass(frozen=True, slots=True)
 class _AccountFragments:
     """What a mutation derives from the ServiceAccount and config alone: the env vars to inject (also encoded, one
-    entry at a time and as a whole list) and the status annotation around the per-pod volume name
+    entry at a time, closing the op, and as a whole list) and the status annotation around the per-pod volume name
     (`status_head + json(volume) + status_tail` is status_annotation)."""
 
     env: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]
-    env_json: tuple[bytes, ...]  # orjson.dumps({"name": ..., "value": ...}) for each of `env`
+    env_name_set: frozenset[str]  # for the per-entry test: a hash lookup, not four string comparisons
+    env_ops_tails: tuple[bytes, ...]  # orjson.dumps({"name": ..., "value": ...}) + b"}" for each of `env`
     env_list_json: bytes  # orjson.dumps of the whole env list
     status_head: str
     status_tail: str
@@ -276,7 +282,8 @@ def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_ac
     head, tail = marked.split(orjson.dumps(_VOLUME_MARK).decode())
     entries = [{"name": name, "value": value} for name, value in env]
     return _fragments.put((sa, config), custom_active, _AccountFragments(
-        env, tuple(names), tuple(orjson.dumps(entry) for entry in entries), orjson.dumps(entries), head, tail))
+        env, tuple(names), frozenset(names), tuple(orjson.dumps(entry) + b"}" for entry in entries),
+        orjson.dumps(entries), head, tail))
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -552,19 +559,19 @@ class _ContainerInjector:
         present: list[str] = []
         for entry in current or ():
             name = entry.get("name")
-            if name in fragments.env_names:
+            if name in fragments.env_name_set:
                 # The user's value is kept (the reference does the same); policy WI005 compares it.
                 self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
                 present.append(name)
-        missing = fragments.env_json if not present else tuple(
-            encoded for name, encoded in zip(fragments.env_names, fragments.env_json, strict=True)
+        missing = fragments.env_ops_tails if not present else tuple(
+            encoded for name, encoded in zip(fragments.env_names, fragments.env_ops_tails, strict=True)
             if name not in present)
         if missing:
             if current is None:  # nothing present: the whole list in one op
                 ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
             else:
                 head = b'{"op":"add","path":"' + where + b'/env/-","value":'
-                ops.extend([head + entry + b"}" for entry in missing])
+                ops.extend([head + entry_and_tail for entry_and_tail in missing])
         mount = self._mount
         mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:

@@ -190,12 +190,13 @@ def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Polic
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}
 
 
-@dataclass
 class Decision:
-    """What the webhook answers: the mutation, or a denial, plus findings turned into warnings/audit entries."""
+    """What the webhook answers: the mutation, or a denial, plus findings turned into warnings/audit entries.
+    (A plain class: one is made per review; see webhook.decisions.Answer.)"""
 
-    result: MutationResult
-    findings: list[Finding] = field(default_factory=list)
+    def __init__(self, result: MutationResult, findings: list[Finding] | None = None) -> None:
+        self.result = result
+        self.findings: list[Finding] = [] if findings is None else findings
 
     @property
     def denial(self) -> Denial | None:

@@ -22,6 +22,9 @@ class Lookup(NamedTuple):
     error: str = ""
 
 
+_MISSING = Lookup(None, "missing")
+
+
 class ServiceAccountSource(Protocol):
     def cached(self, namespace: str, name: str) -> Lookup | None:
         """The answer when it is at hand (the usual case), or None when only `get` can tell. Lets the handler skip
@@ -55,7 +58,8 @@ class StaticServiceAccounts:
     """ServiceAccounts (and Namespaces) read from manifests (`--objects`): the default for local runs and CI."""
 
     def __init__(self, accounts: Iterable[ServiceAccountInfo], namespaces: Iterable[NamespaceInfo] = ()) -> None:
-        self._store: dict[Key, ServiceAccountInfo] = {(sa.namespace, sa.name): sa for sa in accounts}
+        # The answers themselves are kept: a lookup runs per review, and making a Lookup costs more than finding it.
+        self._store: dict[Key, Lookup] = {(sa.namespace, sa.name): Lookup(sa, "cache") for sa in accounts}
         self._namespaces = {ns.name: ns for ns in namespaces}
 
     @classmethod
@@ -66,11 +70,10 @@ class StaticServiceAccounts:
                    (namespace_info(o) for o in objs if o.get("kind") == "Namespace"))
 
     def add(self, sa: ServiceAccountInfo) -> None:
-        self._store[(sa.namespace, sa.name)] = sa
+        self._store[(sa.namespace, sa.name)] = Lookup(sa, "cache")
 
     def lookup(self, namespace: str, name: str) -> Lookup:
-        sa = self._store.get((namespace, name))
-        return Lookup(sa, "cache" if sa else "missing")
+        return self._store.get((namespace, name), _MISSING)
 
     def namespace_now(self, name: str) -> NamespaceInfo | None:
         return self._namespaces.get(name)
