@@ -208,6 +208,70 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
     return 0
 
 
+def instructions(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, tmp: Path, binary: Path, ca: Path,
+                 env: dict[str, str], compiled: Path | None) -> int:
+    """CPU work per review, counted instead of timed: each server runs under valgrind's callgrind twice, answering
+    a fifth of --instructions reviews and then all of them, sent one after another on one keep-alive TLS
+    connection; the difference in instructions executed, divided by the difference in reviews, is the server's
+    whole per-review work (TLS, HTTP, the event loop, the handler), start-up cancelled out. Unlike req/s on a
+    shared host this does not drift from run to run (about 1%), so it shows what a change to the code did."""
+    import http.client
+    import random
+    import ssl
+    import uuid
+
+    if not shutil.which("valgrind"):
+        print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    context = ssl.create_default_context(cafile=str(ca))
+
+    def count(command: list[str], body: bytes, reviews: int, name: str) -> int:
+        out = tmp / "callgrind.out"
+        port = int(command[command.index("--port") + 1])
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED
+                                else None)
+        try:
+            wait_port(port, proc, timeout=300)
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
+            for seq in range(reviews):
+                filled = (body.replace(b"{{uid}}", str(uuid.uuid4()).encode()).replace(b"{{seq}}", str(seq).encode())
+                          .replace(b"{{rand5}}", "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5)).encode()))
+                conn.request("POST", "/mutate-v1-pod", body=filled, headers={"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"{name}: HTTP {answer.status}")
+            conn.close()
+        finally:
+            proc.terminate()
+            proc.wait(300)
+        totals = [line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+        return int(totals[-1].split()[1])
+
+    per_review: dict[str, float] = {}
+    first = max(args.instructions // 5, 1)
+    for size in args.sizes.split(","):
+        for name, scenario in servers:
+            if name == "go floor":
+                continue
+            body = review(size, scenario)
+            [command] = server_commands(name, free_port(), 1, tmp, binary, compiled)
+            label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
+            few = count(command, body, first, name)
+            [command] = server_commands(name, free_port(), 1, tmp, binary, compiled)
+            many = count(command, body, args.instructions, name)
+            per_review[label] = (many - few) / (args.instructions - first)
+            print(f"  {label}: {per_review[label] / 1000:.0f}k", file=sys.stderr)
+    print(f"instructions per review (callgrind, whole server process, {args.instructions} - {first} reviews, "
+          "one keep-alive connection):")
+    print(f"{'server':36} {'instructions':>12} {'baseline/ours':>14}")
+    for label, value in per_review.items():
+        baseline = per_review[f"{label.split()[0]} baseline"]
+        print(f"{label:36} {value / 1000:11.0f}k {baseline / value:14.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", default="5s")
@@ -221,6 +285,10 @@ def main() -> int:
                              "measured in turn for this many rounds; medians of req/s and of per-round ratios")
     parser.add_argument("--round-rate", type=int, default=1000,
                         help="with --rounds: also measure p99 at this fixed rate in every round (0: do not)")
+    parser.add_argument("--instructions", type=int, default=0, metavar="N",
+                        help="instead of the table: instructions per review under callgrind (needs valgrind), from "
+                             "N and N/5 reviews; the ratio baseline/ours is what saturation would show on a quiet "
+                             "core")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wi-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -231,6 +299,8 @@ def main() -> int:
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
         compiled = compiled_venv(tmp) if args.compiled else None
         servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
+        if args.instructions:
+            return instructions(servers, args, tmp, binary, ca, env, compiled)
         if args.rounds:
             return interleaved(servers, args, tmp, binary, ca, env, compiled)
         rows: list[tuple[str, str, str, dict[str, Any]]] = []
