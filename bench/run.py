@@ -82,10 +82,11 @@ def pod(size: str, scenario: str) -> dict[str, Any]:
 
 
 def review(size: str, scenario: str = "burst") -> bytes:
-    """The AdmissionReview; {{uid}}, {{seq}} and {{rand5}} are filled per request by the load generator."""
+    """The AdmissionReview; {{uid}}, {{seq}} and {{rand5}} are filled per request by the load generator. Compact,
+    as the API server encodes it (Go's encoding/json writes no spaces)."""
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                        "request": {"uid": "{{uid}}", "namespace": "bench", "operation": "CREATE",
-                                   "object": pod(size, scenario)}}).encode()
+                                   "object": pod(size, scenario)}}, separators=(",", ":")).encode()
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -144,6 +144,72 @@ def test_names_that_only_look_generated_are_part_of_the_key() -> None:
     assert hits(handler) == 0 and len(handler.decisions) == 4
 
 
+def stamped(obj: dict[str, Any], second: str) -> dict[str, Any]:
+    obj["metadata"]["managedFields"] = [{"manager": "kube-controller-manager", "operation": "Update",
+                                         "apiVersion": "v1", "time": f"2026-11-27T21:26:{second}Z",
+                                         "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]
+    return obj
+
+
+def twice(variant: Any) -> tuple[AdmissionHandler, list[dict[str, Any]]]:
+    """Two reviews of a burst (own uid, managedFields second and token volume name each), made by `variant`;
+    returns the remembering handler and both answers, each checked against a fresh computation."""
+    handler = handler_with(Source([annotated_sa()]))
+    fresh = handler_with(Source([annotated_sa()]), size=0)
+    answers = []
+    for uid, second, suffix in (("a", "24", "bcdfg"), ("b", "25", "z2456")):
+        obj = variant(stamped(with_token_volume(burst_pod(), f"kube-api-access-{suffix}"), second),
+                      f"kube-api-access-{suffix}", f"2026-11-27T21:26:{second}Z", uid)
+        answers.append(answer(handler, obj, uid=uid))
+        assert answers[-1] == answer(fresh, obj, uid=uid)
+    return handler, answers
+
+
+def test_a_burst_differing_in_uid_timestamp_and_token_volume_is_remembered() -> None:
+    handler, _ = twice(lambda obj, name, stamp, uid: obj)
+    assert hits(handler) == 1
+
+
+@pytest.mark.parametrize("where", ["container name", "annotation value", "env value", "time annotation",
+                                   "uid annotation", "mask as a name"])
+def test_a_masked_text_found_elsewhere_is_not_remembered(where: str) -> None:
+    """The uid, timestamp and token volume name are masked in the review's bytes only where the parsed review
+    proves each is the field itself: the same text anywhere else (which the answer may depend on, or carry)
+    makes the review unremembered, and the answer is the computed one."""
+    def variant(obj: dict[str, Any], name: str, stamp: str, uid: str) -> dict[str, Any]:
+        container = obj["spec"]["containers"][0]
+        annotations = obj["metadata"]["annotations"]
+        if where == "container name":
+            container["name"] = name
+        elif where == "annotation value":
+            annotations["azure.workload.identity/skip-containers"] = name
+        elif where == "env value":
+            container["env"] = [{"name": "AZURE_CLIENT_ID", "value": name}]
+        elif where == "time annotation":
+            annotations["time"] = stamp
+        elif where == "uid annotation":
+            annotations["uid"] = uid
+        else:
+            obj["spec"]["volumes"].append({"name": "kube-api-access-*", "emptyDir": {}})
+        return obj
+
+    handler, _ = twice(variant)
+    assert hits(handler) == 0 and len(handler.decisions) == 0
+
+
+def test_a_review_encoded_another_way_is_answered_but_not_remembered() -> None:
+    import json
+
+    handler = handler_with(Source([annotated_sa()]))
+    for uid in ("a", "b"):
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "request": {"uid": uid, "namespace": "ns", "operation": "CREATE",
+                                       "object": burst_pod()}}).encode()  # ", " and ": " separators
+        response = orjson.loads(asyncio.run(handler.review(body)))["response"]
+        assert response["uid"] == uid and response["allowed"] is True and client_id(response) == CLIENT
+    assert hits(handler) == 0 and len(handler.decisions) == 0
+
+
 def test_a_changed_service_account_is_recomputed() -> None:
     source = Source([annotated_sa()])
     handler = handler_with(source)

@@ -7,10 +7,11 @@ the token volume the API server adds.
 
 The decision is a pure function of the pod, the request namespace, the ServiceAccount, the namespace's policy
 overrides, the policy and the mutation config (the functional core). So it can be remembered:
-- The key is the pod's JSON bytes plus the request namespace, with two things every pod of a burst has different
-  and the decision provably ignores (see `key_view`): `metadata.managedFields` (timestamped to the second) and the
-  name of the `kube-api-access-xxxxx` token volume the API server adds. Tests check that such pods get exactly
-  the answer a fresh computation gives.
+- The key is the request namespace plus the review's own bytes, as the API server sent them, with exactly three
+  things every review of a burst has different masked (see `masked_review`): the request uid, the managedFields
+  timestamps, and the generated `kube-api-access-xxxxx` token volume name. Each is masked only where the parsed
+  review proves every occurrence is that field; otherwise the review is not remembered. Tests check that such pods
+  get exactly the answer a fresh computation gives.
 - An entry also records the very objects it was computed from.
 - A hit requires the same bytes and the *same objects*, compared by identity. The ServiceAccount and Namespace
   caches replace an object whenever the API server changes it, and a policy reload builds a new Policy. A changed
@@ -18,7 +19,7 @@ overrides, the policy and the mutation config (the functional core). So it can b
 
 Only pods named by the API server (`generateName`) are remembered; named pods are all different.
 Only the answer is shared. The uid, the metrics, the denial log and the audit findings stay per request.
-Bounded by entry count and by the bytes of the pods held (LRU).
+Bounded by entry count and by the bytes of the reviews held (LRU).
 """
 
 from __future__ import annotations
@@ -85,17 +86,13 @@ class DecisionCache:
         self._entries: OrderedDict[Key, Remembered] = OrderedDict()
         self._bytes = 0
 
-    def key(self, namespace: str, pod: Any) -> Key | None:
-        """The lookup key, or None when this pod cannot be remembered (not serialisable, or too large)."""
-        if self.max_entries <= 0 or not _generated_name(pod):
-            return None
-        try:
-            raw = orjson.dumps(key_view(pod))
-        except (orjson.JSONEncodeError, TypeError):
-            return None
-        if len(raw) > self.max_bytes // 4:  # one huge pod must not evict everything else
-            return None
-        return namespace, raw
+    def key(self, body: bytes, uid: str, namespace: str, pod: Any) -> Key | None:
+        """The lookup key for the review `body` (whose parsed uid and object are `uid` and `pod`), or None when
+        it cannot be remembered (not a generateName pod, too large, or a field to mask is not provably alone)."""
+        if self.max_entries <= 0 or not _generated_name(pod) or len(body) > self.max_bytes // 4:
+            return None  # ... and one huge review must not evict everything else
+        masked = masked_review(body, uid, pod)
+        return None if masked is None else (namespace, masked)
 
     def get(self, key: Key) -> Remembered | None:
         entry = self._entries.get(key)
@@ -124,60 +121,83 @@ class DecisionCache:
 # The ServiceAccount admission plugin names the token volume it adds `kube-api-access-` + 5 random characters
 # (k8s.io/apiserver names.SimpleNameGenerator), so every pod of a burst carries a different one.
 _GENERATED_VOLUME = re.compile(r"kube-api-access-[bcdfghjklmnpqrstvwxz2456789]{5}")
-_PLACEHOLDER = "kube-api-access-*"
 _CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 
-def key_view(pod: Any) -> Any:
-    """The pod as the key sees it: without `metadata.managedFields` and with the generated `kube-api-access-*`
-    volume and mount names replaced by one placeholder. Shallow copies only; the request's dicts are untouched.
+def masked_review(body: bytes, uid: str, pod: Any) -> bytes | None:
+    """`body` with the request uid, the managedFields timestamps and the generated token volume name masked, or
+    None when any of them cannot be masked provably alone.
 
-    Why this is exact: no part of the decision reads managedFields, and volume and mount names are only ever
-    compared with the webhook's own `azure-workload-identity-reserved-*` name (replace-if-same-name) and never
-    copied into the answer. Renaming one `kube-api-access-*` name to another cannot change such a comparison.
+    Why a hit is exact: the masked bytes are equal only for reviews that differ in nothing but those three, and
+    the decision reads none of them. The uid is not part of the pod. No rule reads managedFields. Volume and
+    mount names are only compared with the webhook's own `azure-workload-identity-reserved-*` name (replace if
+    same name) and never copied into the answer, so renaming one `kube-api-access-*` name to another cannot
+    change the decision.
+
+    Why masking the bytes is safe: each masked text is counted first, and masked only when it occurs exactly as
+    often as the parsed review has that field with that value (a container or an annotation that happens to carry
+    the same text makes the review unremembered). In JSON text an unescaped quote only ever delimits a string, so
+    a quoted value cannot match inside another string. Reviews encoded another way (spaces, escapes) just do not
+    match, and are not remembered. Cheaper than encoding the parsed pod again (about a tenth of the work).
     """
-    if not isinstance(pod, dict):
-        return pod
-    view = pod
-    metadata = pod.get("metadata")
-    if isinstance(metadata, dict) and "managedFields" in metadata:
-        view = {**pod, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
-    spec = pod.get("spec")
+    masked = _mask(body, b'"uid":' + orjson.dumps(uid), 1, b'"uid":"*"')
+    if masked is None:
+        return None
+    metadata = pod["metadata"]  # a dict: _generated_name checked it
+    managed = metadata.get("managedFields")
+    if managed is not None:
+        if not isinstance(managed, list):
+            return None
+        times: dict[str, int] = {}
+        for entry in managed:
+            stamp = entry.get("time") if isinstance(entry, dict) else None
+            if isinstance(stamp, str):
+                times[stamp] = times.get(stamp, 0) + 1
+        for stamp, count in times.items():
+            masked = _mask(masked, b'"time":' + orjson.dumps(stamp), count, b'"time":"*"')
+            if masked is None:
+                return None
+    names = _generated_names(pod.get("spec"))
+    if names is None:
+        return None
+    for name, count in names.items():
+        masked = _mask(masked, orjson.dumps(name), count, b'"kube-api-access-*"')
+        if masked is None:
+            return None
+    return masked
+
+
+def _mask(data: bytes, text: bytes, expected: int, mask: bytes) -> bytes | None:
+    """`data` with `text` replaced by `mask`, if it occurs exactly `expected` times (one scan of `data`)."""
+    parts = data.split(text)
+    return mask.join(parts) if len(parts) == expected + 1 else None
+
+
+def _generated_names(spec: Any) -> dict[str, int] | None:
+    """How often each generated token volume name occurs as a volume or mount name in `spec` (None when the spec
+    has the mask itself as a name, which masking would confuse with a generated one)."""
+    counts: dict[str, int] = {}
     if not isinstance(spec, dict):
-        return view
-    new_spec: dict[str, Any] | None = None
-    volumes = spec.get("volumes")
-    renamed = _renamed(volumes) if type(volumes) is list else None
-    if renamed is not None:
-        new_spec = {**spec, "volumes": renamed}
+        return counts
+    lists: list[Any] = [spec.get("volumes")]
     for field in _CONTAINER_LISTS:
         containers = spec.get(field)
-        if type(containers) is not list:
+        if isinstance(containers, list):
+            for container in containers:
+                if isinstance(container, dict):
+                    lists.append(container.get("volumeMounts"))
+    for items in lists:
+        if not isinstance(items, list):
             continue
-        copied: list[Any] | None = None
-        for index, container in enumerate(containers):
-            mounts = container.get("volumeMounts") if type(container) is dict else None
-            renamed = _renamed(mounts) if type(mounts) is list else None
-            if renamed is not None:
-                copied = copied or list(containers)
-                copied[index] = {**container, "volumeMounts": renamed}
-        if copied is not None:
-            new_spec = new_spec or dict(spec)
-            new_spec[field] = copied
-    if new_spec is None:
-        return view
-    return {**view, "spec": new_spec}
-
-
-def _renamed(items: list[Any]) -> list[Any] | None:
-    """A copy of `items` with generated token volume names replaced, or None when there are none."""
-    out: list[Any] | None = None
-    for index, item in enumerate(items):
-        name = item.get("name") if type(item) is dict else None
-        if type(name) is str and name.startswith("kube-api-access-") and _GENERATED_VOLUME.fullmatch(name):
-            out = out or list(items)
-            out[index] = {**item, "name": _PLACEHOLDER}
-    return out
+        for item in items:
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name.startswith("kube-api-access-"):
+                continue
+            if name == "kube-api-access-*":
+                return None
+            if _GENERATED_VOLUME.fullmatch(name):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _generated_name(pod: Any) -> bool:

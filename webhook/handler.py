@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from webhook.admission import parse_review, response_body, review_response
+from webhook.admission import ReviewRequest, parse_review, response_body, review_response
 from webhook.config import MutationConfig
 from webhook.decisions import Answer, DecisionCache, Remembered
 from webhook.manifests import service_account_info
@@ -39,7 +39,7 @@ class AdmissionHandler:
         """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
         started = time.perf_counter()
         request = parse_review(body)
-        answer = await self._answer(request.pod, request.namespace)
+        answer = await self._answer(body, request)
         decision = answer.decision
         if decision.findings:
             self._record(decision.findings, request.uid, request.namespace, _pod_name(request.pod))
@@ -61,10 +61,11 @@ class AdmissionHandler:
         """Per-request metrics: plain numbers (webhook/stats.py), exported at scrape time."""
         self.metrics.admission.of(outcome, namespace).observe(elapsed)
 
-    async def _answer(self, pod: object, namespace: str) -> Answer:
+    async def _answer(self, body: bytes, request: ReviewRequest) -> Answer:
         """The decision for this pod: remembered when an identical pod met the very same inputs (see
         webhook/decisions.py), computed by the pure core otherwise."""
-        key = self.decisions.key(namespace, pod)
+        pod, namespace = request.pod, request.namespace
+        key = self.decisions.key(body, request.uid, namespace, pod)
         entry = self.decisions.get(key) if key is not None else None
         if entry is not None:
             ref = entry.ref  # identical pod bytes and namespace: the same ref
