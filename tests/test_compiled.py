@@ -53,7 +53,8 @@ MIRRORED = ("tests", "examples", "charts", "bench")
 def test_the_compiled_modules_are_listed_once_and_exist() -> None:
     sources = compiled_sources()
     assert sources == ["webhook/mutation.py", "webhook/admission.py", "webhook/decisions.py", "webhook/memo.py",
-                       "webhook/policy.py", "webhook/handler.py", "webhook/stats.py"]  # every module a review goes through
+                       "webhook/policy.py", "webhook/handler.py",
+                       "webhook/stats.py"]  # every module a review goes through
     assert all((ROOT / source).is_file() for source in sources)
     assert len(set(sources)) == len(sources)
     assert "webhook/policyschema.py" not in sources  # pydantic models: mypyc cannot compile them
