@@ -210,6 +210,20 @@ def test_a_review_encoded_another_way_is_answered_but_not_remembered() -> None:
     assert hits(handler) == 0 and len(handler.decisions) == 0
 
 
+def test_a_review_over_16_kib_is_computed_not_remembered() -> None:
+    """Keying a large review (masking, hashing) costs more than computing its decision."""
+    handler = handler_with(Source([annotated_sa()]), size=512)
+    fresh = handler_with(Source([annotated_sa()]), size=0)
+    obj = burst_pod()
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "x" * 17_000
+    assert [answer(handler, obj, uid=uid) for uid in "ab"] == [answer(fresh, obj, uid=uid) for uid in "ab"]
+    assert hits(handler) == 0 and len(handler.decisions) == 0
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "x" * 8_000
+    answer(handler, obj, uid="c")
+    answer(handler, obj, uid="d")
+    assert hits(handler) == 1
+
+
 def test_a_changed_service_account_is_recomputed() -> None:
     source = Source([annotated_sa()])
     handler = handler_with(source)
