@@ -86,7 +86,8 @@ class Remembered:
 
 
 class DecisionCache:
-    """LRU of Remembered decisions keyed on (request namespace, pod JSON bytes); not thread-safe (event loop)."""
+    """LRU of Remembered decisions keyed on (request namespace, masked review bytes); not thread-safe (event
+    loop)."""
 
     def __init__(self, max_entries: int = 512, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_entries = max_entries

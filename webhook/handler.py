@@ -68,7 +68,7 @@ class AdmissionHandler:
         key = self.decisions.key(body, request.uid, namespace, pod)
         entry = self.decisions.get(key) if key is not None else None
         if entry is not None:
-            ref = entry.ref  # identical pod bytes and namespace: the same ref
+            ref = entry.ref  # the same review bytes (but for the masks) and namespace: the same ref
         else:
             try:
                 ref = pod_ref(pod, namespace)
