@@ -94,9 +94,17 @@ def test_malformed_bodies_get_400_with_message(server: WebhookProcess, body: byt
     assert status == 400 and message in answer and b"Traceback" not in answer
 
 
-def test_wrong_content_type_gets_415(server: WebhookProcess) -> None:
-    status, answer = server.post(review(pod()), content_type="text/plain")
+@pytest.mark.parametrize("content_type", ["text/plain", "application/jsonx", "application/json-patch+json"])
+def test_wrong_content_type_gets_415(server: WebhookProcess, content_type: str) -> None:
+    status, answer = server.post(review(pod()), content_type=content_type)
     assert status == 415 and b"application/json" in answer
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_json_content_type_with_parameters_or_case_accepted(server: WebhookProcess, content_type: str) -> None:
+    """The header is compared as sent first (what the API server sends), then parsed as a media type."""
+    status, answer = server.post(review(pod()), content_type=content_type)
+    assert status == 200 and orjson.loads(answer)["response"]["allowed"] is True
 
 
 def test_keep_alive_connection_serves_many_reviews(server: WebhookProcess) -> None:

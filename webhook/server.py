@@ -44,7 +44,8 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Applic
         return await _answer(request, handler.validate_service_account)
 
     async def _answer(request: web.Request, answer_with: Callable[[bytes], Awaitable[bytes]]) -> web.Response:
-        if request.content_type != "application/json":
+        # The API server sends exactly this header; parsing it (request.content_type) costs a few microseconds.
+        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
             return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
         try:
             body = await request.read()
