@@ -21,6 +21,20 @@ def test_hits_only_for_the_very_same_objects_and_extra() -> None:
     assert memo.get((a, "other"), True) is None
 
 
+def test_last_used_entry_is_tried_first_and_never_answers_for_other_inputs() -> None:
+    memo: IdentityMemo[str] = IdentityMemo(max_entries=2)
+    a, b, c = object(), object(), object()
+    memo.put((a,), "x", "a-x")
+    memo.put((b,), "x", "b-x")
+    for _ in range(3):  # alternating: each get makes its entry the last one
+        assert memo.get((a,), "x") == "a-x" and memo.get((a,), "x") == "a-x"
+        assert memo.get((b,), "x") == "b-x"
+        assert memo.get((b,), "y") is None and memo.get((a, b), "x") is None and memo.get((c,), "x") is None
+    memo.put((c,), "x", "c-x")  # full: starts over, but the value just stored is still found
+    assert memo.get((c,), "x") == "c-x" and memo.get((a,), "x") is None and memo.get((b,), "x") is None
+    assert memo.get((), "x") is None
+
+
 def test_bounded_by_starting_over() -> None:
     memo: IdentityMemo[int] = IdentityMemo(max_entries=3)
     kept = [object() for _ in range(5)]
