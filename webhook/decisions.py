@@ -64,8 +64,9 @@ class Answer:
     def of(cls, decision: Decision) -> Answer:
         result = decision.result
         outcome = "denied" if result.denial is not None else "mutated" if result.encoded_ops else "skipped"
-        return cls(decision, decision_tail(result, decision.warnings, decision.audit_annotations),
-                   outcome)
+        if not decision.findings:  # the usual case: no warnings or audit annotations to gather
+            return cls(decision, decision_tail(result), outcome)
+        return cls(decision, decision_tail(result, decision.warnings, decision.audit_annotations), outcome)
 
 
 @dataclass(frozen=True, slots=True)
