@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -20,7 +21,9 @@ from webhook.admission import (
     response_tail,
     review_response,
 )
+from webhook.handler import AdmissionHandler
 from webhook.mutation import Denial, MutationResult, mutate_pod
+from webhook.serviceaccounts import Lookup, StaticServiceAccounts
 
 
 def review(version: str = "admission.k8s.io/v1", **request: Any) -> bytes:
@@ -101,3 +104,35 @@ def test_decision_tail_is_the_generic_encoding_byte_for_byte(patch: list[dict[st
         expected["auditAnnotations"] = audit
     assert decision_tail(result, warnings, audit) == response_tail(response_fields(result, warnings, audit)) \
         == b"," + orjson.dumps(expected)[1:] + b"}"
+
+
+class Unreachable(StaticServiceAccounts):
+    """A source whose API server cannot be reached: every lookup is an error."""
+
+    def cached(self, namespace: str, name: str) -> Lookup | None:
+        return None
+
+    async def get(self, namespace: str, name: str) -> Lookup:
+        return Lookup(None, "error", error="connection refused")
+
+
+@pytest.mark.parametrize(("obj", "reason", "code"), [
+    (pod(), "ServiceAccountLookupFailed", 500),
+    # The server leaves env and mount entries to the mutation's pass (pod_ref(..., entries=False)); a malformed pod
+    # is still denied as such before a lookup failure, naming the field, as when every field is checked first.
+    (pod(containers=[{"name": "a", "env": [{"name": 1}]}]), "BadPod", 400),
+    (pod(containers=[{"name": "a", "volumeMounts": "x"}]), "BadPod", 400),
+    (pod(containers=[{"name": 1}]), "BadPod", 400),
+])
+def test_lookup_failure_answers_500_after_the_shape_check(obj: Any, reason: str, code: int) -> None:
+    handler = AdmissionHandler(config(), Unreachable([]))
+    body = orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                         "request": {"uid": "u", "namespace": "ns", "operation": "CREATE", "object": obj}})
+    response = orjson.loads(asyncio.run(handler.review(body)))["response"]
+    assert response["allowed"] is False
+    assert (response["status"]["reason"], response["status"]["code"]) == (reason, code)
+    expected = mutate_pod(obj, "ns", annotated_sa(), config()).denial
+    if reason == "BadPod":
+        assert expected is not None and response["status"]["message"] == expected.message
+    else:
+        assert "failed to get service account ns/sa: connection refused" in response["status"]["message"]

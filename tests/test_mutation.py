@@ -25,8 +25,18 @@ from tests.support import (
     sa,
     validate,
 )
+from tests.test_fuzz import pods as fuzzed_pods
 from webhook.constants import TOKEN_FILE_PATH
-from webhook.mutation import go_parse_int, mutate_pod, volume_name_for
+from webhook.mutation import (
+    MutationResult,
+    PodShapeError,
+    bad_pod,
+    go_parse_int,
+    mutate_pod,
+    pod_ref,
+    shape_denial,
+    volume_name_for,
+)
 
 WI = "azure.workload.identity"
 FOUR = ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]
@@ -187,6 +197,23 @@ def test_go_parse_int_matches_go() -> None:
         with pytest.raises(ValueError, match="invalid syntax"):
             go_parse_int(text, 64)
     assert go_parse_int("+3600", 64) == 3600 and go_parse_int("-0", 64) == 0
+    assert go_parse_int("-9223372036854775808", 64) == -(2**63) and go_parse_int("-2147483648", 32) == -(2**31)
+    assert go_parse_int("0" * 30 + "7", 32) == 7
+    for text, bits in (("9223372036854775808", 64), ("-9223372036854775809", 64), ("-2147483649", 32)):
+        with pytest.raises(ValueError, match="value out of range"):
+            go_parse_int(text, bits)
+
+
+@settings(max_examples=500, deadline=None)
+@given(sign=st.sampled_from(["", "+", "-"]), digits=st.text(alphabet="0123456789", min_size=1, max_size=25),
+       bits=st.sampled_from([32, 64]))
+def test_go_parse_int_range_is_exact_for_any_length(sign: str, digits: str, bits: int) -> None:
+    value = int(sign + digits)
+    if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        assert go_parse_int(sign + digits, bits) == value
+    else:
+        with pytest.raises(ValueError, match="value out of range"):
+            go_parse_int(sign + digits, bits)
 
 
 @settings(max_examples=500, deadline=None)
@@ -509,6 +536,73 @@ def test_bad_shapes_denied_with_field(bad: Any, field: str) -> None:
     result = mutate_pod(bad, "ns", annotated_sa(), config())
     assert result.denial is not None and result.denial.code == 400
     assert field in result.denial.message and result.denial.message.startswith("couldn't decode pod")
+
+
+def outcome(result: MutationResult) -> tuple[Any, ...]:
+    denial = result.denial
+    return (result.encoded_ops, denial and (denial.message, denial.reason, denial.code), result.volume_name,
+            result.env_names, result.injected_containers, result.skipped_containers, result.proxy_injected,
+            result.expiration_seconds, result.kept_env)
+
+
+# Pods whose every field but the env and volumeMounts entries is well formed (the fuzz strategy rarely makes
+# those; about half of them fail the full check), with the annotations that lead to the other denials.
+_entries = st.one_of(
+    st.fixed_dictionaries({"name": st.sampled_from(["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE", "OTHER", ""])},
+                          optional={"value": st.sampled_from(["x", CLIENT]), "valueFrom": st.just({})}),
+    st.fixed_dictionaries({}, optional={"name": st.one_of(st.none(), st.integers(), st.lists(st.text()))}),
+    st.none(), st.integers(), st.text(max_size=3))
+_mounts = st.one_of(st.fixed_dictionaries({"name": st.sampled_from(["data", "kube-api-access-x"]),
+                                           "mountPath": st.just("/m")}), _entries)
+_containers = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "azwi-proxy"])}, optional={
+    "env": st.one_of(st.lists(_entries, max_size=4), st.integers(), st.none()),
+    "volumeMounts": st.one_of(st.lists(_mounts, max_size=3), st.text(max_size=2), st.none())}), max_size=3)
+_annotations = st.dictionaries(st.sampled_from([
+    "azure.workload.identity/skip-containers", "azure.workload.identity/inject-proxy-sidecar",
+    "azure.workload.identity/proxy-sidecar-port", "azure.workload.identity/service-account-token-expiration"]),
+    st.sampled_from(["a", "b;a", "true", "0", "8000", "abc", "100", "7200"]), max_size=3)
+entry_pods = st.builds(lambda containers, init, annotations, host: pod(containers=containers, init=init,
+                                                                        annotations=annotations, hostNetwork=host),
+                       _containers, st.one_of(st.none(), _containers), _annotations, st.booleans())
+
+
+SHAPE_ACCOUNTS = [None, annotated_sa(), annotated_sa(**{"azure.workload.identity/service-account-token-expiration":
+                                                        "abc"})]
+
+
+@settings(max_examples=600, deadline=None)
+@given(obj=st.one_of(fuzzed_pods, entry_pods), account=st.sampled_from(SHAPE_ACCOUNTS), proxy=st.booleans())
+def test_entries_left_to_the_mutation_pass_answer_as_the_full_check(obj: Any, account: Any, proxy: bool) -> None:
+    """The server checks env and volumeMounts entries in the mutation's own pass (pod_ref(..., entries=False)).
+    For any pod, that answers exactly as checking every field first: the same denial, naming the same first field,
+    before any other denial (a missing ServiceAccount, a bad expiration, hostNetwork with the proxy)."""
+    cfg = config(native_sidecar=proxy)
+    full = mutate_pod(obj, "ns", account, cfg)
+    try:
+        light = pod_ref(obj, "ns", False)
+    except PodShapeError as exc:
+        assert full.denial is not None and full.denial.reason == "BadPod"
+        assert full.denial == (bad_pod(obj) or shape_denial(exc))
+        return
+    assert not light.entries_checked
+    assert outcome(mutate_pod(obj, "ns", account, cfg, light)) == outcome(full)
+
+
+@pytest.mark.parametrize("entries", [
+    {"env": [{"name": "A"}, 3]}, {"env": [{"name": 1}]}, {"env": "x"},
+    {"volumeMounts": [None]}, {"volumeMounts": [{"name": ["x"]}]}, {"volumeMounts": 5},
+])
+@pytest.mark.parametrize("skipped", [False, True])
+def test_malformed_entries_are_denied_on_the_light_path(entries: dict[str, Any], skipped: bool) -> None:
+    """Every container's entries are checked by the pass, skipped containers too, and the message is the full
+    check's."""
+    annotations = {"azure.workload.identity/skip-containers": "b"} if skipped else None
+    obj = pod(containers=[{"name": "a", "image": "x"}, {"name": "b", "image": "x", **entries}],
+              annotations=annotations)
+    result = mutate_pod(obj, "ns", annotated_sa(), config(), pod_ref(obj, "ns", False))
+    assert result.denial is not None and result.denial.reason == "BadPod"
+    assert result.denial.message.startswith("couldn't decode pod: spec.containers[1].")
+    assert outcome(result) == outcome(mutate_pod(obj, "ns", annotated_sa(), config()))
 
 
 def test_validate_helper_rejects_unknown_fields() -> None:

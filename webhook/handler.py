@@ -17,7 +17,7 @@ from webhook.config import MutationConfig
 from webhook.decisions import Answer, DecisionCache, Remembered
 from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
-from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref
+from webhook.mutation import Denial, MutationResult, PodShapeError, bad_pod, pod_ref, shape_denial
 from webhook.policy import Decision, Finding, Mode, admit, check_service_account, enforce_denial
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ServiceAccountSource
@@ -71,15 +71,15 @@ class AdmissionHandler:
             ref = entry.ref  # the same review bytes (but for the masks) and namespace: the same ref
         else:
             try:
-                ref = pod_ref(pod, namespace)
-            except PodShapeError as exc:
-                return Answer.of(Decision(MutationResult(denial=Denial(f"couldn't decode pod: {exc}",
-                                                                       reason="BadPod"))))
+                ref = pod_ref(pod, namespace, False)  # the env and mount entries are checked by mutate_pod's pass
+            except PodShapeError as exc:  # the full check names the first offending field (maybe an entry)
+                return Answer.of(Decision(MutationResult(denial=bad_pod(pod) or shape_denial(exc))))
         lookup = self.source.cached(ref.namespace, ref.service_account)
         if lookup is None:
             lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
-            return Answer.of(Decision(MutationResult(denial=Denial(
+            # A malformed pod is denied as such first, as when every field is checked before the lookup.
+            return Answer.of(Decision(MutationResult(denial=bad_pod(pod) or Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
                 "(the API server could not be reached in time; retry the request)",
                 reason="ServiceAccountLookupFailed", code=500))))

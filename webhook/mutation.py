@@ -80,10 +80,12 @@ class PodRef:
     """What the shell needs before the ServiceAccount lookup: where the pod lives and which SA it runs as.
     (A plain class, not a NamedTuple: one is made per review, and a NamedTuple's `__new__` is interpreted.)"""
 
-    def __init__(self, namespace: str, name: str, service_account: str) -> None:
+    def __init__(self, namespace: str, name: str, service_account: str, entries_checked: bool = True) -> None:
         self.namespace: Final = namespace
         self.name: Final = name
         self.service_account: Final = service_account
+        # False when pod_ref(..., entries=False) left the containers' env and volumeMounts entries to mutate_pod.
+        self.entries_checked: Final = entries_checked
 
     def __repr__(self) -> str:
         return f"PodRef({self.namespace!r}, {self.name!r}, {self.service_account!r})"
@@ -144,14 +146,34 @@ class PodShapeError(ValueError):
     """The object is not a decodable Pod; the message names the offending field."""
 
 
-def pod_ref(pod: JSON, request_namespace: str) -> PodRef:
-    """Extract namespace, hash name and ServiceAccount name; raises PodShapeError for non-pod shapes."""
-    _check_shape(pod)
+def pod_ref(pod: JSON, request_namespace: str, entries: bool = True) -> PodRef:
+    """Extract namespace, hash name and ServiceAccount name; raises PodShapeError for non-pod shapes.
+
+    `entries=False` (the server's hot path) leaves the containers' env and volumeMounts entries unchecked:
+    mutate_pod checks them in the pass that reads them anyway, and answers exactly as if they had been checked
+    here (see mutate_pod). Each entry is then read once instead of twice.
+    """
+    _check_shape(pod, entries)
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     name = metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)"
     namespace = request_namespace or metadata.get("namespace") or ""
-    return PodRef(namespace, name, spec.get("serviceAccountName") or "default")
+    return PodRef(namespace, name, spec.get("serviceAccountName") or "default", entries)
+
+
+def bad_pod(pod: JSON) -> Denial | None:
+    """The denial for a pod that fails the full shape check, or None: what a review gets before any other
+    answer."""
+    try:
+        _check_shape(pod)
+    except PodShapeError as exc:
+        return shape_denial(exc)
+    return None
+
+
+def shape_denial(exc: PodShapeError) -> Denial:
+    """The reference's denial for a pod it cannot decode (the message names the field)."""
+    return Denial(f"couldn't decode pod: {exc}", reason="BadPod")
 
 
 def volume_name_for(pod_name: str) -> str:
@@ -174,7 +196,25 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
         try:
             ref = pod_ref(pod, request_namespace)
         except PodShapeError as exc:
-            return MutationResult(denial=Denial(f"couldn't decode pod: {exc}", reason="BadPod"))
+            return MutationResult(denial=shape_denial(exc))
+    if ref.entries_checked:
+        return _mutate(pod, sa, config, ref)
+    # The entries were left to this pass. A malformed one stops it; and any other denial must not come before the
+    # shape denial a full check would have given first. Both are rare: the full check then runs, for its message.
+    try:
+        result: MutationResult | None = _mutate(pod, sa, config, ref)
+    except PodShapeError:
+        result = None
+    if result is None or result.denial is not None:
+        denial = bad_pod(pod)
+        if denial is not None:
+            return MutationResult(denial=denial)
+        if result is None:  # the pass rejects only what the full check rejects
+            raise AssertionError("mutate_pod: an entry failed the pass but passed the full shape check")
+    return result
+
+
+def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, ref: PodRef) -> MutationResult:
     if sa is None:
         return MutationResult(denial=service_account_not_found(ref.service_account))
     metadata: dict[str, Any] = pod.get("metadata") or {}
@@ -233,9 +273,13 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
             for index, container in editor.existing():
                 injector.inject_existing(container, f"{editor.path}/{index}", ops)
 
-    _ListEditor("/spec/volumes", spec.get("volumes"), ops).upsert(volume, _same_volume)
+    volume_op = _volume_op(spec.get("volumes"), volume)
+    if volume_op is not None:
+        ops.append(volume_op)
     if status is not None:
-        ops.extend(orjson.dumps(op) for op in _annotation_ops(metadata, STATUS_ANNOTATION, status))
+        status_op = _status_op(metadata, status)
+        if status_op is not None:
+            ops.append(status_op)
     return result
 
 
@@ -262,6 +306,7 @@ class _AccountFragments:
     env: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]
     env_name_set: frozenset[str]  # for the per-entry test: a hash lookup, not four string comparisons
+    env_name_prefix: str  # what every name in env_names starts with ("AZURE_"): tested before the hash lookup
     env_ops_tails: tuple[bytes, ...]  # orjson.dumps({"name": ..., "value": ...}) + b"}" for each of `env`
     env_list_json: bytes  # orjson.dumps of the whole env list
     status_head: str
@@ -282,8 +327,19 @@ def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_ac
     head, tail = marked.split(orjson.dumps(_VOLUME_MARK).decode())
     entries = [{"name": name, "value": value} for name, value in env]
     return _fragments.put((sa, config), custom_active, _AccountFragments(
-        env, tuple(names), frozenset(names), tuple(orjson.dumps(entry) + b"}" for entry in entries),
-        orjson.dumps(entries), head, tail))
+        env, tuple(names), frozenset(names), _common_prefix(names),
+        tuple(orjson.dumps(entry) + b"}" for entry in entries), orjson.dumps(entries), head, tail))
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest text every name starts with ("" for no names)."""
+    if not names:
+        return ""
+    first, last = min(names), max(names)  # the sorted extremes share what all share
+    size = 0
+    while size < len(first) and first[size] == last[size]:
+        size += 1
+    return first[:size]
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -291,14 +347,30 @@ def annotations_hash(sa: ServiceAccountInfo) -> str:
     return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def _annotation_ops(metadata: dict[str, Any], key: str, value: str) -> list[PatchOp]:
+def _status_op(metadata: dict[str, Any], status: str) -> bytes | None:
+    """The op that sets the status annotation (none when it is already set so), encoded as orjson encodes it."""
     annotations = metadata.get("annotations")
     if annotations is None:
-        return [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}]
-    if annotations.get(key) == value:
-        return []
-    return [{"op": "replace" if key in annotations else "add", "path": f"/metadata/annotations/{_escape(key)}",
-             "value": value}]
+        return b'{"op":"add","path":"/metadata/annotations","value":' + orjson.dumps({STATUS_ANNOTATION: status}) \
+            + b"}"
+    if annotations.get(STATUS_ANNOTATION) == status:
+        return None
+    return (b'{"op":"replace"' if STATUS_ANNOTATION in annotations else b'{"op":"add"') + _STATUS_PATH_AND_VALUE \
+        + orjson.dumps(status) + b"}"
+
+
+def _volume_op(volumes: list[Any] | None, volume: dict[str, Any]) -> bytes | None:
+    """The op that adds the token volume, or replaces a same-named one that differs (none when it is the same)."""
+    if volumes is None:
+        return b'{"op":"add","path":"/spec/volumes","value":[' + orjson.dumps(volume) + b"]}"
+    name = volume["name"]
+    for index, existing in enumerate(volumes):
+        if existing.get("name") == name:
+            if _same_volume(volume, existing):
+                return None
+            return b'{"op":"replace","path":"/spec/volumes/' + str(index).encode() + b'","value":' \
+                + orjson.dumps(volume) + b"}"
+    return b'{"op":"add","path":"/spec/volumes/-","value":' + orjson.dumps(volume) + b"}"
 
 
 def wants_proxy(annotations: Mapping[str, str]) -> bool:
@@ -313,6 +385,8 @@ def go_parse_int(text: str, bits: int) -> int:
     if not (digits.isascii() and digits.isdigit()):  # [+-]?[0-9]+ exactly: isdigit alone takes other scripts' digits
         raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax")
     value = int(text)
+    if len(digits) <= bits * 3 // 10 - 1:  # fewer digits than 2**(bits-1) has: in range, no big-int compare
+        return value
     limit = 1 << (bits - 1)
     if not -limit <= value < limit:
         raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: value out of range")
@@ -462,15 +536,15 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+_STATUS_PATH_AND_VALUE = b',"path":' + orjson.dumps(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}") \
+    + b',"value":'
+
+
 def _same_volume(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
     """Equal, ignoring `projected.defaultMode` which the API server adds when it re-defaults a patched pod."""
     projected = actual.get("projected")
     if isinstance(projected, dict) and "defaultMode" in projected:
         actual = {**actual, "projected": {k: v for k, v in projected.items() if k != "defaultMode"}}
-    return dict(wanted) == dict(actual)
-
-
-def _same(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
     return dict(wanted) == dict(actual)
 
 
@@ -504,16 +578,6 @@ class _ListEditor:
         else:
             self._items.append((True, item))
             self._ops.append(orjson.dumps({"op": "add", "path": f"{self.path}/-", "value": item}))
-
-    def upsert(self, item: dict[str, Any], same: Any = _same) -> None:
-        """Replace the same-named entry (unless already identical) or append a new one."""
-        for index, (_, existing) in enumerate(self._items or []):
-            if existing.get("name") == item["name"]:
-                if not same(item, existing):
-                    self._items[index] = (True, item)  # type: ignore[index]
-                    self._ops.append(orjson.dumps({"op": "replace", "path": f"{self.path}/{index}", "value": item}))
-                return
-        self.append(item)
 
 
 class _ContainerInjector:
@@ -550,19 +614,37 @@ class _ContainerInjector:
     def inject_existing(self, container: dict[str, Any], path: str, ops: list[bytes]) -> None:
         """Append the ops for a container of the pod: the env vars it does not set yet, then the mount (added, or
         replacing a same-named mount that differs). Inlined rather than a _ListEditor, and spliced from encoded
-        pieces: this runs for every container of every pod."""
+        pieces: this runs for every container of every pod.
+
+        Also the shape check of the env and volumeMounts entries (the conditions of _check_container, which
+        pod_ref(..., entries=False) leaves to this pass): raises PodShapeError, and mutate_pod runs the full check
+        for its message. Skipped containers are checked too.
+        """
+        current = container.get("env")
+        mounts = container.get("volumeMounts")
         if self._skipped(container):
+            if not ((current is None or _well_formed(current)) and (mounts is None or _well_formed(mounts))):
+                raise PodShapeError(f"{path}: a malformed env or volumeMounts entry")
             return
         fragments = self._fragments
         where = path.encode()
-        current: list[dict[str, Any]] | None = container.get("env")
         present: list[str] = []
-        for entry in current or ():
-            name = entry.get("name")
-            if name in fragments.env_name_set:
-                # The user's value is kept (the reference does the same); policy WI005 compares it.
-                self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
-                present.append(name)
+        if current is not None:
+            if type(current) is not list:
+                raise PodShapeError(f"{path}/env is not a list")
+            prefix = fragments.env_name_prefix  # a cheap test first: hashing every name costs more
+            for entry in current:
+                if type(entry) is not dict:
+                    raise PodShapeError(f"{path}/env: an entry is not an object")
+                name = entry.get("name")
+                if not isinstance(name, str):
+                    if name is None:
+                        continue
+                    raise PodShapeError(f"{path}/env: a name is not a string")
+                if name.startswith(prefix) and name in fragments.env_name_set:
+                    # The user's value is kept (the reference does the same); policy WI005 compares it.
+                    self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
+                    present.append(name)
         missing = fragments.env_ops_tails if not present else tuple(
             encoded for name, encoded in zip(fragments.env_names, fragments.env_ops_tails, strict=True)
             if name not in present)
@@ -572,26 +654,38 @@ class _ContainerInjector:
             else:
                 head = b'{"op":"add","path":"' + where + b'/env/-","value":'
                 ops.extend([head + entry_and_tail for entry_and_tail in missing])
-        mount = self._mount
-        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:
             ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts","value":[' + self._mount_json + b"]}")
             return
-        name = mount["name"]
+        if type(mounts) is not list:
+            raise PodShapeError(f"{path}/volumeMounts is not a list")
+        mount = self._mount
+        wanted = mount["name"]
+        found = -1
         for index, existing in enumerate(mounts):
-            if existing.get("name") == name:
-                if dict(existing) != mount:
-                    ops.append(b'{"op":"replace","path":"' + where + b"/volumeMounts/" + str(index).encode()
-                               + b'","value":' + self._mount_json + b"}")
-                return
-        ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts/-","value":' + self._mount_json + b"}")
+            if type(existing) is not dict:
+                raise PodShapeError(f"{path}/volumeMounts: an entry is not an object")
+            name = existing.get("name")
+            if name is not None and not isinstance(name, str):
+                raise PodShapeError(f"{path}/volumeMounts: a name is not a string")
+            if found < 0 and name == wanted:
+                found = index
+        if found < 0:
+            ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts/-","value":' + self._mount_json + b"}")
+        elif dict(mounts[found]) != mount:
+            ops.append(b'{"op":"replace","path":"' + where + b"/volumeMounts/" + str(found).encode()
+                       + b'","value":' + self._mount_json + b"}")
 
 
 _LIST_FIELDS = ("containers", "initContainers", "volumes")
 
 
-def _check_shape(pod: JSON) -> None:
-    """Reject what the API server's typed decoder would reject, naming the field (never a traceback)."""
+def _check_shape(pod: JSON, entries: bool = True) -> None:
+    """Reject what the API server's typed decoder would reject, naming the field (never a traceback).
+
+    The first offending field in this order is the one named. `entries=False`: all but the containers' env and
+    volumeMounts entries (see pod_ref).
+    """
     if not isinstance(pod, dict):
         raise PodShapeError(f"request.object must be a Pod object, got {type(pod).__name__}")
     kind = pod.get("kind")
@@ -626,7 +720,7 @@ def _check_shape(pod: JSON) -> None:
                 raise PodShapeError(f"spec.{key}[{index}] must be an object")
             if item.get("name") is not None and not isinstance(item["name"], str):
                 raise PodShapeError(f"spec.{key}[{index}].name must be a string")
-            if key != "volumes":
+            if entries and key != "volumes":
                 _check_container(item, key, index)
 
 
