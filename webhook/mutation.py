@@ -593,7 +593,7 @@ class _ContainerInjector:
 
     def _skipped(self, container: dict[str, Any]) -> bool:
         name = container.get("name", "")
-        if name in self._skip:
+        if self._skip and name in self._skip:  # usually empty: no need to hash the name
             self._result.skipped_containers.append(name)
             return True
         self._result.injected_containers.append(name)

@@ -134,11 +134,11 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
         for missing in sorted(skip - names):
             found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
                                    "this pod", missing))
-    bounds = policy.token_expiration
-    if result.expiration_seconds and not bounds.min <= result.expiration_seconds <= bounds.max:
+    low, high = facts.expiration_bounds
+    if result.expiration_seconds and not low <= result.expiration_seconds <= high:
         found.append(("WI007", f"token expiration {result.expiration_seconds}s is outside the policy's "
-                               f"{bounds.min}-{bounds.max}s", ""))
-    if policy.namespaces is not None and policy.namespaces.forbids(namespace):
+                               f"{low}-{high}s", ""))
+    if facts.namespace_forbidden:
         found.append(("WI008", f"namespace {namespace} may not use workload identity", ""))
     if not result.injected_containers and (spec.get("initContainers") or spec.get("containers")):
         found.append(("WI010", "every container is skipped: nothing gets the identity", ""))
@@ -147,11 +147,14 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
 
 @dataclass(frozen=True, slots=True)
 class _AccountFacts:
-    """What the checks derive from the ServiceAccount alone: its findings (WI001-WI004) and the env values the
-    webhook injects (only the non-empty ones, which are the ones WI005 compares)."""
+    """What the checks derive from the ServiceAccount, config, policy and namespace alone: the ServiceAccount's
+    findings (WI001-WI004), the env values the webhook injects (only the non-empty ones, which are the ones WI005
+    compares), and the policy's answers for WI007 and WI008 (read once: the policy is a pydantic model)."""
 
     findings: tuple[tuple[str, str, str], ...]
     wanted: Mapping[str, str]
+    expiration_bounds: tuple[int, int]
+    namespace_forbidden: bool
 
 
 def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy,
@@ -173,7 +176,9 @@ def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, polic
         found.append(("WI004", f"{who} may not use identity {client_id}", ""))
     wanted = {ENV_CLIENT_ID: client_id, ENV_TENANT_ID: tenant, ENV_AUTHORITY_HOST: config.authority_host,
               ENV_FEDERATED_TOKEN_FILE: f"{MOUNT_PATH}/token/azure-identity-token"}
-    return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v})
+    bounds = policy.token_expiration
+    forbidden = policy.namespaces is not None and policy.namespaces.forbids(namespace)
+    return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v}, (bounds.min, bounds.max), forbidden)
 
 
 _facts: IdentityMemo[_AccountFacts] = IdentityMemo()
