@@ -115,3 +115,23 @@ def test_list_in_pages_then_watch_events() -> None:
     assert new_a is not None and new_a is not first_a and new_a.annotations[f"{WI}/client-id"] == "id-a2"
     assert cache.cached(("ns2", "d")) is not None
     assert cache._metrics.registry.get_sample_value("wi_webhook_serviceaccount_cache_size") == 3
+
+
+def test_cluster_source_answers_from_the_cache_and_counts_each_hit() -> None:
+    """A cache hit reuses its Lookup while the ServiceAccount is the same object, and is always counted."""
+    from webhook.serviceaccounts import ClusterServiceAccounts
+
+    metrics = Metrics()
+    source = ClusterServiceAccounts(None, metrics, watch_namespaces=False)
+    cache = Fed([{"items": [account("a", "ns1", 1, "id-a")], "metadata": {"resourceVersion": "1"}}],
+                [[{"type": "MODIFIED", "object": account("a", "ns1", 2, "id-a2")}]])
+    source.accounts = cache
+    cache._list()
+    first, again = source.cached("ns1", "a"), source.cached("ns1", "a")
+    assert first is not None and first is again and first.source == "cache" and first.sa is cache.cached(("ns1", "a"))
+    assert source.cached("ns1", "missing") is None
+    cache._watch()
+    replaced = source.cached("ns1", "a")
+    assert replaced is not None and replaced is not first and replaced.sa is not None
+    assert replaced.sa.annotations[f"{WI}/client-id"] == "id-a2"
+    assert metrics.registry.get_sample_value("wi_webhook_serviceaccount_lookups_total", {"source": "cache"}) == 3

@@ -1,7 +1,8 @@
 """Prometheus metrics: ours, plus the reference's `azwi_mutation_request` histogram for existing dashboards.
 
-The three per-review series (the request counter and both latency histograms) are kept as plain numbers by
-webhook/stats.py and exported by `AdmissionCollector`; the rest are prometheus-client metrics.
+The per-review series (the request counter, both latency histograms, the ServiceAccount lookup and remembered
+decision counters) are kept as plain numbers by webhook/stats.py and exported by `AdmissionCollector`; the rest are
+prometheus-client metrics.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from webhook.stats import REFERENCE_BUCKETS, AdmissionStats
+from webhook.stats import REFERENCE_BUCKETS, AdmissionStats, Tally
 
 REQUESTS_HELP = ("Admission reviews answered, by decision (mutated, skipped, denied, error) and request "
                  "namespace.")
 DURATION_HELP = "Time to answer an admission review."
 REFERENCE_HELP = "Reference-compatible mutation latency (seconds) by namespace."
 _LE = [floatToGoString(bound) for bound in REFERENCE_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+SA_LOOKUPS = "wi_webhook_serviceaccount_lookups"
+DECISION_CACHE = "wi_webhook_decision_cache"
+# The counters kept in AdmissionStats.counters: name -> (help, label name).
+COUNTERS = {
+    SA_LOOKUPS: ("ServiceAccount lookups by where the answer came from (cache, live, missing, error).", "source"),
+    DECISION_CACHE: ("Reviews answered from a remembered decision for an identical pod (hit) or computed and "
+                     "remembered (miss).", "result"),
+}
 
 
 class AdmissionCollector(Collector):
@@ -53,6 +62,12 @@ class AdmissionCollector(Collector):
         yield requests
         yield duration
         yield reference
+        for name, (help_text, label_name) in COUNTERS.items():
+            family = CounterMetricFamily(name, help_text, labels=[label_name])
+            for (counter, label), tally in sorted(stats.counters.items()):
+                if counter == name:
+                    family.add_metric([label], tally.value)
+            yield family
 
 
 def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:
@@ -70,10 +85,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.admission = AdmissionStats()
         self.registry.register(AdmissionCollector(lambda: self.admission))
-        self.sa_lookups = Counter(
-            "wi_webhook_serviceaccount_lookups", "ServiceAccount lookups by where the answer came from "
-            "(cache, live, missing, error).", ["source"], registry=self.registry)
-        self.sa_lookups_cached = self.sa_lookups.labels("cache")  # per review: look the child up once
+        self.sa_lookups_cached = self.sa_lookup("cache")  # per review: look the child up once
         # With --workers, each worker has its own cache: report the largest, and synced only if all are.
         self.cache_size = Gauge("wi_webhook_serviceaccount_cache_size", "ServiceAccounts held in the cache.",
                                 registry=self.registry, multiprocess_mode="livemax")
@@ -82,12 +94,13 @@ class Metrics:
                                   registry=self.registry, multiprocess_mode="livemin")
         self.watch_errors = Counter("wi_webhook_serviceaccount_watch_errors",
                                     "Failed list/watch calls against the API server.", registry=self.registry)
-        self.decision_cache = Counter(
-            "wi_webhook_decision_cache", "Reviews answered from a remembered decision for an identical pod (hit) "
-            "or computed and remembered (miss).", ["result"], registry=self.registry)
-        self.decision_cache_hits = self.decision_cache.labels("hit")
-        self.decision_cache_misses = self.decision_cache.labels("miss")
+        self.decision_cache_hits = self.admission.counter(DECISION_CACHE, "hit")
+        self.decision_cache_misses = self.admission.counter(DECISION_CACHE, "miss")
         self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",
                                 ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",
                                     ["result"], registry=self.registry)
+
+    def sa_lookup(self, source: str) -> Tally:
+        """`wi_webhook_serviceaccount_lookups_total{source}`: cache, live, missing or error."""
+        return self.admission.counter(SA_LOOKUPS, source)

@@ -158,13 +158,17 @@ class ClusterServiceAccounts:
                                              **cache_args)
         self.namespaces = _NamespaceCache(api_client, client_factory, lookup_timeout=lookup_timeout,
                                           **cache_args) if watch_namespaces else None
+        self._last = _MISSING  # the last cache answer, reused while it is the same object (event loop only)
 
     def cached(self, namespace: str, name: str) -> Lookup | None:
         sa = self.accounts.cached((namespace, name))
         if sa is None:
             return None
         self._metrics.sa_lookups_cached.inc()
-        return Lookup(sa, "cache")
+        last = self._last
+        if last.sa is not sa:  # a Lookup per review costs more than the cache lookup itself
+            last = self._last = Lookup(sa, "cache")
+        return last
 
     async def get(self, namespace: str, name: str) -> Lookup:
         hit = self.cached(namespace, name)
@@ -173,9 +177,9 @@ class ClusterServiceAccounts:
         try:
             found = await self.accounts.fetch((namespace, name))
         except LookupFailed as exc:
-            self._metrics.sa_lookups.labels("error").inc()
+            self._metrics.sa_lookup("error").inc()
             return Lookup(None, "error", error=str(exc))
-        self._metrics.sa_lookups.labels("live" if found else "missing").inc()
+        self._metrics.sa_lookup("live" if found else "missing").inc()
         return Lookup(found, "live" if found else "missing")
 
     async def namespace(self, name: str) -> NamespaceInfo | None:

@@ -1,9 +1,11 @@
-"""The per-review metrics as plain numbers: the request counter and the two latency histograms.
+"""The per-review metrics as plain numbers: the request counter, the two latency histograms, and the counters a
+review may bump (ServiceAccount lookups by source, remembered-decision hits and misses).
 
 Why not prometheus-client's Counter and Histogram on the request path: each `inc`/`observe` takes a lock and goes
 through several Python calls, about 9,000 instructions for the three a review records, which was 4% of all the
-work a one-worker server does per small review. The event loop is the only writer here, so no lock is needed.
-`webhook.metrics.AdmissionCollector` turns these numbers into the same metric families at scrape time.
+work a one-worker server does per small review (and a counter bump, about 3,000 more, with `--workers`' multiprocess
+files more still). The event loop is the only writer here, so no lock is needed. `webhook.metrics.AdmissionCollector`
+turns these numbers into the same metric families at scrape time.
 
 With `serve --workers N`, each worker writes its numbers to a file about once a second (see
 `webhook.server.write_worker_state`) and the supervisor adds the files up when scraped, so its figures may lag by
@@ -48,11 +50,24 @@ class AdmissionSeries:
         self.count += 1
 
 
+class Tally:
+    """One labelled child of a counter (what prometheus-client's `counter.labels(value)` returns): a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
 class AdmissionStats:
-    """All series of one process (or, merged, of all workers); written only from the event loop."""
+    """All per-review numbers of one process (or, merged, of all workers); written only from the event loop."""
 
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], AdmissionSeries] = {}
+        self.counters: dict[tuple[str, str], Tally] = {}  # (counter name, label value)
 
     def of(self, decision: str, namespace: str) -> AdmissionSeries:
         key = (decision, namespace)
@@ -61,19 +76,34 @@ class AdmissionStats:
             series = self.series[key] = AdmissionSeries()
         return series
 
+    def counter(self, name: str, label: str) -> Tally:
+        """The child `label` of counter `name` (made at 0 on first use, and then exported, like a prometheus
+        child): look it up once and keep it, the hot path only calls `inc`."""
+        key = (name, label)
+        tally = self.counters.get(key)
+        if tally is None:
+            tally = self.counters[key] = Tally()
+        return tally
+
     def to_json(self) -> bytes:
-        return orjson.dumps([[decision, namespace, s.count, s.seconds, s.buckets]
-                             for (decision, namespace), s in self.series.items()])
+        return orjson.dumps({"series": [[decision, namespace, s.count, s.seconds, s.buckets]
+                                        for (decision, namespace), s in self.series.items()],
+                             "counters": [[name, label, t.value] for (name, label), t in self.counters.items()]})
 
     def add(self, snapshot: bytes) -> None:
         """Add another process's `to_json` snapshot (a worker's, in the supervisor). ValueError when it is not one;
         nothing is added then."""
         size = len(REFERENCE_BUCKETS) + 1
         try:
+            parsed = orjson.loads(snapshot)
+            if not isinstance(parsed, dict):
+                raise TypeError(f"expected an object, got {type(parsed).__name__}")
             rows = [(str(decision), str(namespace), int(count), float(seconds), [int(value) for value in buckets])
-                    for decision, namespace, count, seconds, buckets in orjson.loads(snapshot)]
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"not a list of [decision, namespace, count, seconds, buckets] rows: {exc}") from None
+                    for decision, namespace, count, seconds, buckets in parsed["series"]]
+            counts = [(str(name), str(label), int(value)) for name, label, value in parsed["counters"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError('not a worker snapshot ({"series": [[decision, namespace, count, seconds, buckets], '
+                             f'...], "counters": [[name, label, value], ...]}}): {exc!r}') from None
         if any(len(buckets) != size for *_, buckets in rows):
             raise ValueError(f"a histogram does not have the {size} buckets of this version")
         for decision, namespace, count, seconds, buckets in rows:
@@ -82,3 +112,5 @@ class AdmissionStats:
             series.seconds += seconds
             for index, value in enumerate(buckets):
                 series.buckets[index] += value
+        for name, label, value in counts:
+            self.counter(name, label).value += value
