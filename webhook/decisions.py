@@ -134,6 +134,7 @@ class DecisionCache:
 _GENERATED_VOLUME = re.compile(r"kube-api-access-[bcdfghjklmnpqrstvwxz2456789]{5}")
 _CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 _NAME_MASK = "kube-api-access-*"
+_NAME_MASK_JSON = orjson.dumps(_NAME_MASK)
 
 
 def masked_review(body: bytes, uid: str, pod: Any) -> bytes | None:
@@ -173,7 +174,7 @@ def masked_review(body: bytes, uid: str, pod: Any) -> bytes | None:
     if names is None:
         return None
     for name, count in names.items():
-        masked = _mask(masked, orjson.dumps(name), count, orjson.dumps(_NAME_MASK))
+        masked = _mask(masked, orjson.dumps(name), count, _NAME_MASK_JSON)
         if masked is None:
             return None
     return masked
@@ -205,10 +206,13 @@ def _generated_names(spec: Any) -> dict[str, int] | None:
             name = item.get("name") if isinstance(item, dict) else None
             if not isinstance(name, str) or not name.startswith("kube-api-access-"):
                 continue
-            if name == _NAME_MASK:
+            count = counts.get(name)
+            if count is not None:  # the volume's mounts: the name is matched once per review, not once per use
+                counts[name] = count + 1
+            elif name == _NAME_MASK:
                 return None
-            if _GENERATED_VOLUME.fullmatch(name):
-                counts[name] = counts.get(name, 0) + 1
+            elif _GENERATED_VOLUME.fullmatch(name):
+                counts[name] = 1
     return counts
 
 
