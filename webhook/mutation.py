@@ -154,8 +154,9 @@ def pod_ref(pod: JSON, request_namespace: str, entries: bool = True) -> PodRef:
     here (see mutate_pod). Each entry is then read once instead of twice.
     """
     _check_shape(pod, entries)
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
+    checked: dict[str, Any] = pod  # a dict now, so the lookups below are a dict's, not generic method calls
+    metadata: dict[str, Any] = checked.get("metadata") or {}
+    spec: dict[str, Any] = checked.get("spec") or {}
     name = metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)"
     namespace = request_namespace or metadata.get("namespace") or ""
     return PodRef(namespace, name, spec.get("serviceAccountName") or "default", entries)
@@ -699,7 +700,7 @@ def _check_shape(pod: JSON, entries: bool = True) -> None:
             if metadata.get(key) is not None and not isinstance(metadata[key], str):
                 raise PodShapeError(f"metadata.{key} must be a string")
         for key in ("annotations", "labels"):
-            _check_string_map(metadata.get(key), f"metadata.{key}")
+            _check_string_map(metadata.get(key), "metadata.", key)
     spec = pod.get("spec")
     if spec is None:
         return
@@ -749,11 +750,12 @@ def _check_container(container: dict[str, Any], list_name: str, position: int) -
                 raise PodShapeError(f"{where}.{key}[{index}].name must be a string")
 
 
-def _check_string_map(value: JSON, where: str) -> None:
+def _check_string_map(value: JSON, parent: str, field: str) -> None:
+    """`parent + field` must be absent or an object of strings (the name is only joined for an error)."""
     if value is None:
         return
     if not isinstance(value, dict):
-        raise PodShapeError(f"{where} must be an object of strings")
+        raise PodShapeError(f"{parent}{field} must be an object of strings")
     for key, item in value.items():
         if not isinstance(item, str):
-            raise PodShapeError(f"{where}[{key!r}] must be a string, got {type(item).__name__}")
+            raise PodShapeError(f"{parent}{field}[{key!r}] must be a string, got {type(item).__name__}")
