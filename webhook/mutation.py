@@ -191,7 +191,8 @@ def mutate_pod(pod: JSON, request_namespace: str, sa: ServiceAccountInfo | None,
     """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial.
 
     `ref` is `pod_ref(pod, request_namespace)` when the caller already computed it (the shape check is then
-    not repeated on the hot path).
+    not repeated on the hot path), or `pod_ref(pod, request_namespace, entries=False)`, whose unchecked env and
+    volumeMounts entries this pass checks (with the same answers as a full check first).
     """
     if ref is None:
         try:
@@ -386,7 +387,7 @@ def go_parse_int(text: str, bits: int) -> int:
     if not (digits.isascii() and digits.isdigit()):  # [+-]?[0-9]+ exactly: isdigit alone takes other scripts' digits
         raise ValueError(f"strconv.ParseInt: parsing {_go_quote(text)}: invalid syntax")
     value = int(text)
-    if len(digits) <= bits * 3 // 10 - 1:  # fewer digits than 2**(bits-1) has: in range, no big-int compare
+    if len(digits) <= bits * 3 // 10 - 1:  # below 2**(bits-1) whatever the digits (10**18 < 2**63): no big ints
         return value
     limit = 1 << (bits - 1)
     if not -limit <= value < limit:

@@ -3,9 +3,9 @@ review may bump (ServiceAccount lookups by source, remembered-decision hits and 
 
 Why not prometheus-client's Counter and Histogram on the request path: each `inc`/`observe` takes a lock and goes
 through several Python calls, about 9,000 instructions for the three a review records, which was 4% of all the
-work a one-worker server does per small review (and a counter bump, about 3,000 more, with `--workers`' multiprocess
-files more still). The event loop is the only writer here, so no lock is needed. `webhook.metrics.AdmissionCollector`
-turns these numbers into the same metric families at scrape time.
+work a one-worker server does per small review; each counter bump cost about 3,000 more, and more still in the
+multiprocess mode `--workers` used. The event loop is the only writer here, so no lock is needed.
+`webhook.metrics.AdmissionCollector` turns these numbers into the same metric families at scrape time.
 
 With `serve --workers N`, each worker writes its numbers to a file about once a second (see
 `webhook.server.write_worker_state`) and the supervisor adds the files up when scraped, so its figures may lag by
