@@ -605,6 +605,18 @@ def test_malformed_entries_are_denied_on_the_light_path(entries: dict[str, Any],
     assert outcome(result) == outcome(mutate_pod(obj, "ns", annotated_sa(), config()))
 
 
+@pytest.mark.parametrize("skip", [None, "a"])
+def test_null_entry_names_are_well_formed_on_the_light_path(skip: str | None) -> None:
+    """`"name": null` passes the full check; the mutation pass must accept it too, in injected and skipped
+    containers alike (a skipped one once raised where the full check found nothing: an AssertionError, a 500)."""
+    annotations = {"azure.workload.identity/skip-containers": skip} if skip else None
+    obj = pod(containers=[{"name": "a", "image": "x", "env": [{"name": None}], "volumeMounts": [{"name": None}]},
+                          {"name": "b", "image": "x"}], annotations=annotations)
+    full = mutate_pod(obj, "ns", annotated_sa(), config())
+    assert full.denial is None
+    assert outcome(mutate_pod(obj, "ns", annotated_sa(), config(), pod_ref(obj, "ns", False))) == outcome(full)
+
+
 def test_validate_helper_rejects_unknown_fields() -> None:
     with pytest.raises(Exception, match="futureField"):
         validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
