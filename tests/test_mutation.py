@@ -649,3 +649,23 @@ def test_status_hash_follows_service_account_annotations() -> None:
 def test_status_annotation_can_be_disabled() -> None:
     out, _ = mutated(pod(), cfg=config(status_annotation=False))
     assert "annotations" not in out["metadata"]
+
+
+def test_status_annotation_with_characters_json_escapes() -> None:
+    version = 'v"1\\2/é\u2028\x01'  # quotes, backslash, slash, non-ASCII, a line separator and a control character
+    out, result = mutated(pod(), cfg=config(webhook_version=version))
+    assert orjson.loads(out["metadata"]["annotations"]["wi-webhook/status"])["version"] == version
+    assert result.patch_json == orjson.dumps(result.patch)
+
+
+def test_every_container_of_a_long_list_is_injected() -> None:
+    """The JSON Pointers of the first containers are encoded once; the ones past them are built (same answer)."""
+    def containers(prefix: str, count: int) -> list[dict[str, Any]]:
+        return [{"name": f"{prefix}{index}", "image": "x", "env": [{"name": "A", "value": "1"}]}
+                for index in range(count)]
+
+    out, result = mutated(pod(containers=containers("c", 70), init=containers("i", 40)))
+    for container in out["spec"]["containers"] + out["spec"]["initContainers"]:
+        assert env_names(container) == ["A", *FOUR]
+        assert [mount["name"] for mount in container["volumeMounts"]] == [result.volume_name]
+    assert len(result.injected_containers) == 110

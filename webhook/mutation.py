@@ -239,15 +239,15 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
     custom = config.custom_endpoint
     custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
     fragments = _account_fragments(sa, config, custom_active)
-    volume = projected_volume(volume_name_for(ref.name), expiration, config, custom_active)
-    mount = {"name": volume["name"], "mountPath": MOUNT_PATH, "readOnly": True}
+    volume_name = volume_name_for(ref.name)
+    name_json = b'"' + volume_name.encode() + b'"'  # ASCII letters, digits and "-" (volume_name_for): no escapes
+    projected = fragments.projected_json if expiration == fragments.expiration \
+        else _projected_json(expiration, config, custom_active)
     skip = skip_containers(annotations)
 
-    result = MutationResult(volume_name=volume["name"], env_names=list(fragments.env_names),
+    result = MutationResult(volume_name=volume_name, env_names=list(fragments.env_names),
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
     ops = result.encoded_ops
-    status = fragments.status_head + orjson.dumps(volume["name"]).decode() + fragments.status_tail \
-        if config.status_annotation else None
     if "metadata" not in pod or pod["metadata"] is None:
         ops.append(orjson.dumps({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}}))
         metadata = {"namespace": ref.namespace}
@@ -257,12 +257,12 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
     if "spec" not in pod or pod["spec"] is None:
         ops.append(orjson.dumps({"op": "add", "path": "/spec", "value": {}}))
 
-    injector = _ContainerInjector(fragments, mount, skip, result)
+    injector = _ContainerInjector(fragments, volume_name, name_json, skip, result)
     if proxy_port is None:  # the usual case: no container is inserted, so each keeps its index
-        for path, containers in (("/spec/initContainers", spec.get("initContainers")),
-                                 ("/spec/containers", spec.get("containers"))):
+        for paths, containers in ((_INIT_CONTAINER_PATHS, spec.get("initContainers")),
+                                  (_CONTAINER_PATHS, spec.get("containers"))):
             for index, container in enumerate(containers or ()):
-                injector.inject_existing(container, f"{path}/{index}", ops)
+                injector.inject_existing(container, _item_path(paths, index), ops)
     else:
         init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), ops)
         app_list = _ListEditor("/spec/containers", spec.get("containers"), ops)
@@ -271,18 +271,28 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
         sidecar_list = init_list if config.native_sidecar else app_list
         if not sidecar_list.has(PROXY_CONTAINER_NAME):
             sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
-        for editor in (init_list, app_list):
+        for editor, paths in ((init_list, _INIT_CONTAINER_PATHS), (app_list, _CONTAINER_PATHS)):
             for index, container in editor.existing():
-                injector.inject_existing(container, f"{editor.path}/{index}", ops)
+                injector.inject_existing(container, _item_path(paths, index), ops)
 
-    volume_op = _volume_op(spec.get("volumes"), volume)
+    volume_op = _volume_op(spec.get("volumes"), volume_name, b'{"name":' + name_json + b',"projected":' + projected
+                           + b"}")
     if volume_op is not None:
         ops.append(volume_op)
-    if status is not None:
-        status_op = _status_op(metadata, status)
+    if config.status_annotation:
+        status_op = _status_op(metadata, fragments, volume_name)
         if status_op is not None:
             ops.append(status_op)
     return result
+
+
+# The JSON Pointers of the first containers, encoded once (a longer list encodes the rest when it meets them).
+_INIT_CONTAINER_PATHS = tuple(f"/spec/initContainers/{index}".encode() for index in range(32))
+_CONTAINER_PATHS = tuple(f"/spec/containers/{index}".encode() for index in range(32))
+
+
+def _item_path(paths: tuple[bytes, ...], index: int) -> bytes:
+    return paths[index] if index < len(paths) else paths[0][:-1] + str(index).encode()
 
 
 def status_annotation(sa: ServiceAccountInfo, result: MutationResult, config: MutationConfig) -> str:
@@ -301,18 +311,24 @@ _VOLUME_MARK = "\x00volume\x00"  # stands for the per-pod volume name in the mem
 
 @dataclass(frozen=True, slots=True)
 class _AccountFragments:
-    """What a mutation derives from the ServiceAccount and config alone: the env vars to inject (also encoded, one
-    entry at a time, closing the op, and as a whole list) and the status annotation around the per-pod volume name
-    (`status_head + json(volume) + status_tail` is status_annotation)."""
+    """What a mutation derives from the ServiceAccount and config alone, much of it already encoded: the env vars to
+    inject (one entry at a time, closing the op, and as a whole list), the status annotation around the per-pod
+    volume name, and the projected volume's source list for the ServiceAccount's token expiration."""
 
     env: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]
     env_name_set: frozenset[str]  # for the per-entry test: a hash lookup, not four string comparisons
-    env_name_prefix: str  # what every name in env_names starts with ("AZURE_"): tested before the hash lookup
+    # Bit n is set when some name in env_names is n characters long: tested before the hash lookup, for most
+    # names of a pod's env are not the webhook's and have other lengths (a shift costs less than hashing).
+    env_name_lengths: int
     env_ops_tails: tuple[bytes, ...]  # orjson.dumps({"name": ..., "value": ...}) + b"}" for each of `env`
     env_list_json: bytes  # orjson.dumps of the whole env list
-    status_head: str
+    status_head: str  # status_head + json(volume name) + status_tail is status_annotation(...)
     status_tail: str
+    status_json_head: bytes  # status_json_head + volume name + status_json_tail is orjson.dumps(status_annotation)
+    status_json_tail: bytes
+    expiration: int  # token_expiration with no pod annotation (0 when the ServiceAccount's value is denied)
+    projected_json: bytes  # _projected_json(expiration, ...), for that expiration
 
 
 _fragments: IdentityMemo[_AccountFragments] = IdentityMemo()
@@ -326,22 +342,18 @@ def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_ac
     env = tuple(env_candidates(sa, config, custom_active))
     names = [name for name, _ in env]
     marked = status_annotation(sa, MutationResult(volume_name=_VOLUME_MARK, env_names=names), config)
-    head, tail = marked.split(orjson.dumps(_VOLUME_MARK).decode())
+    mark = orjson.dumps(_VOLUME_MARK).decode()
+    head, tail = marked.split(mark)
+    json_head, json_tail = orjson.dumps(marked).split(orjson.dumps(mark)[1:-1])
     entries = [{"name": name, "value": value} for name, value in env]
+    expiration = token_expiration({}, sa.annotations)
+    if isinstance(expiration, Denial):
+        expiration = 0
     return _fragments.put((sa, config), custom_active, _AccountFragments(
-        env, tuple(names), frozenset(names), _common_prefix(names),
-        tuple(orjson.dumps(entry) + b"}" for entry in entries), orjson.dumps(entries), head, tail))
-
-
-def _common_prefix(names: list[str]) -> str:
-    """The longest text every name starts with ("" for no names)."""
-    if not names:
-        return ""
-    first, last = min(names), max(names)  # the sorted extremes share what all share
-    size = 0
-    while size < len(first) and first[size] == last[size]:
-        size += 1
-    return first[:size]
+        env, tuple(names), frozenset(names), sum(1 << size for size in {len(name) for name in names}),
+        tuple(orjson.dumps(entry) + b"}" for entry in entries), orjson.dumps(entries), head, tail,
+        json_head + b'\\"', b'\\"' + json_tail, expiration,
+        _projected_json(expiration, config, custom_active) if expiration else b""))
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -349,30 +361,32 @@ def annotations_hash(sa: ServiceAccountInfo) -> str:
     return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def _status_op(metadata: dict[str, Any], status: str) -> bytes | None:
+def _status_op(metadata: dict[str, Any], fragments: _AccountFragments, volume_name: str) -> bytes | None:
     """The op that sets the status annotation (none when it is already set so), encoded as orjson encodes it."""
+    value_json = fragments.status_json_head + volume_name.encode() + fragments.status_json_tail
     annotations = metadata.get("annotations")
     if annotations is None:
-        return b'{"op":"add","path":"/metadata/annotations","value":' + orjson.dumps({STATUS_ANNOTATION: status}) \
-            + b"}"
-    if annotations.get(STATUS_ANNOTATION) == status:
+        return _STATUS_MAP_OP_HEAD + value_json + b"}}"
+    current = annotations.get(STATUS_ANNOTATION)
+    if current is None:
+        return _STATUS_ADD_OP_HEAD + value_json + b"}"
+    if current == fragments.status_head + f'"{volume_name}"' + fragments.status_tail:
         return None
-    return (b'{"op":"replace"' if STATUS_ANNOTATION in annotations else b'{"op":"add"') + _STATUS_PATH_AND_VALUE \
-        + orjson.dumps(status) + b"}"
+    return _STATUS_REPLACE_OP_HEAD + value_json + b"}"
 
 
-def _volume_op(volumes: list[Any] | None, volume: dict[str, Any]) -> bytes | None:
-    """The op that adds the token volume, or replaces a same-named one that differs (none when it is the same)."""
+def _volume_op(volumes: list[Any] | None, name: str, volume_json: bytes) -> bytes | None:
+    """The op that adds the token volume (`volume_json`, named `name`), or replaces a same-named one that differs
+    (none when it is the same)."""
     if volumes is None:
-        return b'{"op":"add","path":"/spec/volumes","value":[' + orjson.dumps(volume) + b"]}"
-    name = volume["name"]
+        return b'{"op":"add","path":"/spec/volumes","value":[' + volume_json + b"]}"
     for index, existing in enumerate(volumes):
         if existing.get("name") == name:
-            if _same_volume(volume, existing):
+            if _same_volume(orjson.loads(volume_json), existing):
                 return None
-            return b'{"op":"replace","path":"/spec/volumes/' + str(index).encode() + b'","value":' \
-                + orjson.dumps(volume) + b"}"
-    return b'{"op":"add","path":"/spec/volumes/-","value":' + orjson.dumps(volume) + b"}"
+            return b'{"op":"replace","path":"/spec/volumes/' + str(index).encode() + b'","value":' + volume_json \
+                + b"}"
+    return b'{"op":"add","path":"/spec/volumes/-","value":' + volume_json + b"}"
 
 
 def wants_proxy(annotations: Mapping[str, str]) -> bool:
@@ -486,6 +500,11 @@ def projected_volume(name: str, expiration: int, config: MutationConfig, custom_
     return {"name": name, "projected": {"sources": sources}}
 
 
+def _projected_json(expiration: int, config: MutationConfig, custom_active: bool) -> bytes:
+    """orjson.dumps of the token volume's `projected` field (the same for every pod but for the expiration)."""
+    return orjson.dumps(projected_volume("", expiration, config, custom_active)["projected"])
+
+
 def _proxy_log_level(config: MutationConfig) -> str:
     return config.log_level if config.log_level in ("", "info", "debug", "trace", "all") else ""
 
@@ -538,8 +557,10 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-_STATUS_PATH_AND_VALUE = b',"path":' + orjson.dumps(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}") \
-    + b',"value":'
+_STATUS_PATH = orjson.dumps(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}")
+_STATUS_ADD_OP_HEAD = b'{"op":"add","path":' + _STATUS_PATH + b',"value":'
+_STATUS_REPLACE_OP_HEAD = b'{"op":"replace","path":' + _STATUS_PATH + b',"value":'
+_STATUS_MAP_OP_HEAD = b'{"op":"add","path":"/metadata/annotations","value":{' + orjson.dumps(STATUS_ANNOTATION) + b":"
 
 
 def _same_volume(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
@@ -582,16 +603,22 @@ class _ListEditor:
             self._ops.append(orjson.dumps({"op": "add", "path": f"{self.path}/-", "value": item}))
 
 
+_MOUNT_JSON_TAIL = b',"mountPath":' + orjson.dumps(MOUNT_PATH) + b',"readOnly":true}'
+
+
 class _ContainerInjector:
     """Adds the env vars and the mount to each container that is not skipped, recording what it did."""
 
-    def __init__(self, fragments: _AccountFragments, mount: dict[str, Any], skip: frozenset[str],
+    def __init__(self, fragments: _AccountFragments, volume_name: str, name_json: bytes, skip: frozenset[str],
                  result: MutationResult) -> None:
         self._fragments = fragments
-        self._mount = mount
-        self._mount_json = orjson.dumps(mount)
+        self._volume_name = volume_name
+        self._mount_json = b'{"name":' + name_json + _MOUNT_JSON_TAIL  # orjson.dumps(self._mount())
         self._skip = skip
         self._result = result
+
+    def _mount(self) -> dict[str, Any]:
+        return {"name": self._volume_name, "mountPath": MOUNT_PATH, "readOnly": True}
 
     def _skipped(self, container: dict[str, Any]) -> bool:
         name = container.get("name", "")
@@ -610,10 +637,10 @@ class _ContainerInjector:
                                           if name not in present]
             if not container["env"]:
                 del container["env"]
-            container["volumeMounts"] = [dict(self._mount)]
+            container["volumeMounts"] = [self._mount()]
         return container
 
-    def inject_existing(self, container: dict[str, Any], path: str, ops: list[bytes]) -> None:
+    def inject_existing(self, container: dict[str, Any], where: bytes, ops: list[bytes]) -> None:
         """Append the ops for a container of the pod: the env vars it does not set yet, then the mount (added, or
         replacing a same-named mount that differs). Inlined rather than a _ListEditor, and spliced from encoded
         pieces: this runs for every container of every pod.
@@ -626,24 +653,23 @@ class _ContainerInjector:
         mounts = container.get("volumeMounts")
         if self._skipped(container):
             if not ((current is None or _well_formed(current)) and (mounts is None or _well_formed(mounts))):
-                raise PodShapeError(f"{path}: a malformed env or volumeMounts entry")
+                raise PodShapeError(f"{where.decode()}: a malformed env or volumeMounts entry")
             return
         fragments = self._fragments
-        where = path.encode()
         present: list[str] = []
         if current is not None:
             if type(current) is not list:
-                raise PodShapeError(f"{path}/env is not a list")
-            prefix = fragments.env_name_prefix  # a cheap test first: hashing every name costs more
+                raise PodShapeError(f"{where.decode()}/env is not a list")
+            lengths = fragments.env_name_lengths  # a cheap test first: hashing every name costs more
             for entry in current:
                 if type(entry) is not dict:
-                    raise PodShapeError(f"{path}/env: an entry is not an object")
+                    raise PodShapeError(f"{where.decode()}/env: an entry is not an object")
                 name = entry.get("name")
                 if not isinstance(name, str):
                     if name is None:
                         continue
-                    raise PodShapeError(f"{path}/env: a name is not a string")
-                if name.startswith(prefix) and name in fragments.env_name_set:
+                    raise PodShapeError(f"{where.decode()}/env: a name is not a string")
+                if lengths >> len(name) & 1 and name in fragments.env_name_set:
                     # The user's value is kept (the reference does the same); policy WI005 compares it.
                     self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
                     present.append(name)
@@ -660,21 +686,20 @@ class _ContainerInjector:
             ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts","value":[' + self._mount_json + b"]}")
             return
         if type(mounts) is not list:
-            raise PodShapeError(f"{path}/volumeMounts is not a list")
-        mount = self._mount
-        wanted = mount["name"]
+            raise PodShapeError(f"{where.decode()}/volumeMounts is not a list")
+        wanted = self._volume_name
         found = -1
         for index, existing in enumerate(mounts):
             if type(existing) is not dict:
-                raise PodShapeError(f"{path}/volumeMounts: an entry is not an object")
+                raise PodShapeError(f"{where.decode()}/volumeMounts: an entry is not an object")
             name = existing.get("name")
             if name is not None and not isinstance(name, str):
-                raise PodShapeError(f"{path}/volumeMounts: a name is not a string")
+                raise PodShapeError(f"{where.decode()}/volumeMounts: a name is not a string")
             if found < 0 and name == wanted:
                 found = index
         if found < 0:
             ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts/-","value":' + self._mount_json + b"}")
-        elif dict(mounts[found]) != mount:
+        elif dict(mounts[found]) != self._mount():
             ops.append(b'{"op":"replace","path":"' + where + b"/volumeMounts/" + str(found).encode()
                        + b'","value":' + self._mount_json + b"}")
 
