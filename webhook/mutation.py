@@ -241,8 +241,11 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
     fragments = _account_fragments(sa, config, custom_active)
     volume_name = volume_name_for(ref.name)
     name_json = b'"' + volume_name.encode() + b'"'  # ASCII letters, digits and "-" (volume_name_for): no escapes
-    projected = fragments.projected_json if expiration == fragments.expiration \
-        else _projected_json(expiration, config, custom_active)
+    projected = fragments.projected.get(expiration)
+    if projected is None:
+        if len(fragments.projected) >= 16:  # bounded: few pods set an expiration of their own
+            fragments.projected.clear()
+        projected = fragments.projected[expiration] = _projected_json(expiration, config, custom_active)
     skip = skip_containers(annotations)
 
     result = MutationResult(volume_name=volume_name, env_names=list(fragments.env_names),
@@ -313,7 +316,7 @@ _VOLUME_MARK = "\x00volume\x00"  # stands for the per-pod volume name in the mem
 class _AccountFragments:
     """What a mutation derives from the ServiceAccount and config alone, much of it already encoded: the env vars to
     inject (one entry at a time, closing the op, and as a whole list), the status annotation around the per-pod
-    volume name, and the projected volume's source list for the ServiceAccount's token expiration."""
+    volume name, and the projected volume's sources for each token expiration met."""
 
     env: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]
@@ -327,8 +330,10 @@ class _AccountFragments:
     status_tail: str
     status_json_head: bytes  # status_json_head + volume name + status_json_tail is orjson.dumps(status_annotation)
     status_json_tail: bytes
-    expiration: int  # token_expiration with no pod annotation (0 when the ServiceAccount's value is denied)
-    projected_json: bytes  # _projected_json(expiration, ...), for that expiration
+    # _projected_json(expiration, ...) by expiration (pods often set their own): filled by _mutate, a few entries.
+    projected: dict[int, bytes]
+    # The ops that append all of `env` to the env list at a container's path: filled by _env_append_ops.
+    env_append_ops: dict[bytes, tuple[bytes, ...]]
 
 
 _fragments: IdentityMemo[_AccountFragments] = IdentityMemo()
@@ -346,14 +351,10 @@ def _account_fragments(sa: ServiceAccountInfo, config: MutationConfig, custom_ac
     head, tail = marked.split(mark)
     json_head, json_tail = orjson.dumps(marked).split(orjson.dumps(mark)[1:-1])
     entries = [{"name": name, "value": value} for name, value in env]
-    expiration = token_expiration({}, sa.annotations)
-    if isinstance(expiration, Denial):
-        expiration = 0
     return _fragments.put((sa, config), custom_active, _AccountFragments(
         env, tuple(names), frozenset(names), sum(1 << size for size in {len(name) for name in names}),
         tuple(orjson.dumps(entry) + b"}" for entry in entries), orjson.dumps(entries), head, tail,
-        json_head + b'\\"', b'\\"' + json_tail, expiration,
-        _projected_json(expiration, config, custom_active) if expiration else b""))
+        json_head + b'\\"', b'\\"' + json_tail, {}, {}))
 
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
@@ -606,6 +607,18 @@ class _ListEditor:
 _MOUNT_JSON_TAIL = b',"mountPath":' + orjson.dumps(MOUNT_PATH) + b',"readOnly":true}'
 
 
+def _env_append_ops(fragments: _AccountFragments, where: bytes) -> tuple[bytes, ...]:
+    """The ops that append every env var of `fragments` to the env list of the container at `where`, memoised per
+    path (bounded; a pod has a few containers): a lookup instead of joining each op."""
+    known = fragments.env_append_ops.get(where)
+    if known is None:
+        if len(fragments.env_append_ops) >= 64:
+            fragments.env_append_ops.clear()
+        head = b'{"op":"add","path":"' + where + b'/env/-","value":'
+        known = fragments.env_append_ops[where] = tuple(head + encoded for encoded in fragments.env_ops_tails)
+    return known
+
+
 class _ContainerInjector:
     """Adds the env vars and the mount to each container that is not skipped, recording what it did."""
 
@@ -673,15 +686,16 @@ class _ContainerInjector:
                     # The user's value is kept (the reference does the same); policy WI005 compares it.
                     self._result.kept_env.append((container.get("name", ""), name, entry.get("value")))
                     present.append(name)
-        missing = fragments.env_ops_tails if not present else tuple(
-            encoded for name, encoded in zip(fragments.env_names, fragments.env_ops_tails, strict=True)
-            if name not in present)
-        if missing:
-            if current is None:  # nothing present: the whole list in one op
-                ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
-            else:
-                head = b'{"op":"add","path":"' + where + b'/env/-","value":'
-                ops.extend([head + entry_and_tail for entry_and_tail in missing])
+        if not fragments.env_ops_tails:
+            pass  # no env var to inject
+        elif current is None:  # the whole list in one op
+            ops.append(b'{"op":"add","path":"' + where + b'/env","value":' + fragments.env_list_json + b"}")
+        elif not present:  # the usual case: the same ops for every pod at this path
+            ops.extend(_env_append_ops(fragments, where))
+        else:
+            head = b'{"op":"add","path":"' + where + b'/env/-","value":'
+            ops.extend([head + encoded for name, encoded in zip(fragments.env_names, fragments.env_ops_tails,
+                                                                 strict=True) if name not in present])
         if mounts is None:
             ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts","value":[' + self._mount_json + b"]}")
             return
@@ -722,19 +736,20 @@ def _check_shape(pod: JSON, entries: bool = True) -> None:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise PodShapeError("metadata must be an object")
-        for key in ("name", "generateName", "namespace"):
-            if metadata.get(key) is not None and not isinstance(metadata[key], str):
-                raise PodShapeError(f"metadata.{key} must be a string")
-        for key in ("annotations", "labels"):
-            _check_string_map(metadata.get(key), "metadata.", key)
+        # Each field is read once, and spelled out rather than looped over: this runs for every review.
+        _check_optional_string(metadata.get("name"), "metadata.", "name")
+        _check_optional_string(metadata.get("generateName"), "metadata.", "generateName")
+        _check_optional_string(metadata.get("namespace"), "metadata.", "namespace")
+        _check_string_map(metadata.get("annotations"), "metadata.", "annotations")
+        _check_string_map(metadata.get("labels"), "metadata.", "labels")
     spec = pod.get("spec")
     if spec is None:
         return
     if not isinstance(spec, dict):
         raise PodShapeError("spec must be an object")
-    if spec.get("serviceAccountName") is not None and not isinstance(spec["serviceAccountName"], str):
-        raise PodShapeError("spec.serviceAccountName must be a string")
-    if spec.get("hostNetwork") is not None and not isinstance(spec["hostNetwork"], bool):
+    _check_optional_string(spec.get("serviceAccountName"), "spec.", "serviceAccountName")
+    host_network = spec.get("hostNetwork")
+    if host_network is not None and not isinstance(host_network, bool):
         raise PodShapeError("spec.hostNetwork must be a boolean")
     for key in _LIST_FIELDS:
         items = spec.get(key)
@@ -745,7 +760,8 @@ def _check_shape(pod: JSON, entries: bool = True) -> None:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise PodShapeError(f"spec.{key}[{index}] must be an object")
-            if item.get("name") is not None and not isinstance(item["name"], str):
+            name = item.get("name")
+            if name is not None and not isinstance(name, str):
                 raise PodShapeError(f"spec.{key}[{index}].name must be a string")
             if entries and key != "volumes":
                 _check_container(item, key, index)
@@ -779,6 +795,12 @@ def _check_container(container: dict[str, Any], list_name: str, position: int) -
                 raise PodShapeError(f"{where}.{key}[{index}] must be an object")
             if item.get("name") is not None and not isinstance(item["name"], str):
                 raise PodShapeError(f"{where}.{key}[{index}].name must be a string")
+
+
+def _check_optional_string(value: JSON, parent: str, field: str) -> None:
+    """`parent + field` must be absent, null or a string (the name is only joined for an error)."""
+    if value is not None and not isinstance(value, str):
+        raise PodShapeError(f"{parent}{field} must be a string")
 
 
 def _check_string_map(value: JSON, parent: str, field: str) -> None:
