@@ -669,3 +669,16 @@ def test_every_container_of_a_long_list_is_injected() -> None:
         assert env_names(container) == ["A", *FOUR]
         assert [mount["name"] for mount in container["volumeMounts"]] == [result.volume_name]
     assert len(result.injected_containers) == 110
+
+
+def test_pods_of_one_service_account_get_their_own_expiration_and_volume_name() -> None:
+    """The encoded volume pieces are kept per ServiceAccount object: pods that share it still differ where they
+    should (the expiration each sets, and the name-derived volume), in any order and with repeats."""
+    account, cfg = annotated_sa(), config()
+    for name, expiration in [("a", None), ("b", "7200"), ("c", None), ("d", "86400"), ("e", "7200"), ("a", None)]:
+        annotations = {} if expiration is None else {f"{WI}/service-account-token-expiration": expiration}
+        out, result = mutated(pod(name, annotations=annotations), sa_info=account, cfg=cfg)
+        token = volume(out)["projected"]["sources"][0]["serviceAccountToken"]
+        assert token["expirationSeconds"] == int(expiration or 3600)
+        assert volume(out)["name"] == result.volume_name == volume_name_for(name)
+        assert out["spec"]["containers"][0]["volumeMounts"][0]["name"] == result.volume_name
