@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -240,12 +240,12 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
     custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
     fragments = _account_fragments(sa, config, custom_active)
     volume_name = volume_name_for(ref.name)
-    name_json = b'"' + volume_name.encode() + b'"'  # ASCII letters, digits and "-" (volume_name_for): no escapes
+    name_bytes = volume_name.encode()  # ASCII letters, digits and "-" (volume_name_for): its JSON needs no escapes
+    name_json = b'"' + name_bytes + b'"'
     projected = fragments.projected.get(expiration)
-    if projected is None:
-        if len(fragments.projected) >= 16:  # bounded: few pods set an expiration of their own
-            fragments.projected.clear()
-        projected = fragments.projected[expiration] = _projected_json(expiration, config, custom_active)
+    if projected is None:  # few pods set an expiration of their own
+        projected = _bounded_put(fragments.projected, expiration, _projected_json(expiration, config, custom_active),
+                                 16)
     skip = skip_containers(annotations)
 
     result = MutationResult(volume_name=volume_name, env_names=list(fragments.env_names),
@@ -283,7 +283,7 @@ def _mutate(pod: JSON, sa: ServiceAccountInfo | None, config: MutationConfig, re
     if volume_op is not None:
         ops.append(volume_op)
     if config.status_annotation:
-        status_op = _status_op(metadata, fragments, volume_name)
+        status_op = _status_op(metadata, fragments, volume_name, name_bytes)
         if status_op is not None:
             ops.append(status_op)
     return result
@@ -362,9 +362,11 @@ def annotations_hash(sa: ServiceAccountInfo) -> str:
     return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-def _status_op(metadata: dict[str, Any], fragments: _AccountFragments, volume_name: str) -> bytes | None:
-    """The op that sets the status annotation (none when it is already set so), encoded as orjson encodes it."""
-    value_json = fragments.status_json_head + volume_name.encode() + fragments.status_json_tail
+def _status_op(metadata: dict[str, Any], fragments: _AccountFragments, volume_name: str,
+               name_bytes: bytes) -> bytes | None:
+    """The op that sets the status annotation (none when it is already set so), encoded as orjson encodes it;
+    `name_bytes` is the volume name, encoded."""
+    value_json = fragments.status_json_head + name_bytes + fragments.status_json_tail
     annotations = metadata.get("annotations")
     if annotations is None:
         return _STATUS_MAP_OP_HEAD + value_json + b"}}"
@@ -612,11 +614,22 @@ def _env_append_ops(fragments: _AccountFragments, where: bytes) -> tuple[bytes, 
     path (bounded; a pod has a few containers): a lookup instead of joining each op."""
     known = fragments.env_append_ops.get(where)
     if known is None:
-        if len(fragments.env_append_ops) >= 64:
-            fragments.env_append_ops.clear()
         head = b'{"op":"add","path":"' + where + b'/env/-","value":'
-        known = fragments.env_append_ops[where] = tuple(head + encoded for encoded in fragments.env_ops_tails)
+        known = _bounded_put(fragments.env_append_ops, where, tuple(head + encoded for encoded in
+                                                                    fragments.env_ops_tails), 64)
     return known
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _bounded_put(memo: dict[K, V], key: K, value: V, limit: int) -> V:
+    """Store `value` in a per-ServiceAccount memo of `_AccountFragments`, starting it over when it holds `limit`."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 class _ContainerInjector:
@@ -693,9 +706,8 @@ class _ContainerInjector:
         elif not present:  # the usual case: the same ops for every pod at this path
             ops.extend(_env_append_ops(fragments, where))
         else:
-            head = b'{"op":"add","path":"' + where + b'/env/-","value":'
-            ops.extend([head + encoded for name, encoded in zip(fragments.env_names, fragments.env_ops_tails,
-                                                                 strict=True) if name not in present])
+            ops.extend([op for name, op in zip(fragments.env_names, _env_append_ops(fragments, where), strict=True)
+                        if name not in present])
         if mounts is None:
             ops.append(b'{"op":"add","path":"' + where + b'/volumeMounts","value":[' + self._mount_json + b"]}")
             return
