@@ -158,15 +158,19 @@ def compiled_venv(tmp: Path) -> Path:
 def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, tmp: Path, binary: Path, ca: Path,
                 env: dict[str, str], compiled: Path | None) -> int:
     """Saturation ratios that survive a noisy host: every server runs at once (one worker each, all pinned to CPU 0,
-    idle while another is measured) and they are measured in turn, round after round, so drift in the host's speed
-    hits all of them alike. Reports each server's median req/s and the median of its per-round ratio to the
-    baseline measured in the same round, and (unless --round-rate 0) its median p99 at that fixed rate."""
+    idle while another is measured) and they are measured in turn, round after round. Within a round the baseline
+    of the same pod size is measured before the first server and again after each one, and each server's ratio is
+    to the mean of the two baseline measurements around it: the host's speed drifts by tens of percent over a
+    minute here, and bracketing cancels a drift that is linear over one server's slot instead of charging it to
+    whichever server came last. Reports each server's median req/s and median ratio, and (unless --round-rate 0)
+    its median p99 at that fixed rate (measured once per round, right after the server's saturation slot)."""
     import statistics
 
     procs: list[subprocess.Popen[bytes]] = []
-    targets: list[tuple[str, str, Path]] = []  # label, url, body
+    targets: dict[str, list[tuple[str, str, Path]]] = {}  # pod size -> [(label, url, body)], the baseline first
     try:
         for size in args.sizes.split(","):
+            targets[size] = []
             for name, scenario in servers:
                 if name == "go floor":
                     continue
@@ -178,33 +182,45 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
                                               stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED else None))
                 wait_port(port, procs[-1])
                 label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
-                targets.append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
-        rates: dict[str, list[float]] = {label: [] for label, _, _ in targets}
-        ratios: dict[str, list[float]] = {label: [] for label, _, _ in targets}
-        p99s: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+                targets[size].append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
+        labels = [label for group in targets.values() for label, _, _ in group]
+        rates: dict[str, list[float]] = {label: [] for label in labels}
+        ratios: dict[str, list[float]] = {label: [] for label in labels}
+        p99s: dict[str, list[float]] = {label: [] for label in labels}
+
+        def saturation(label: str, url: str, body: Path) -> float:
+            rate: float = loadgen(binary, url, body, ca, ["-mode", "sat", "-conns", "16", "-duration",
+                                                          args.duration])["per_second"]
+            rates[label].append(rate)
+            return rate
+
         for _ in range(args.rounds):
-            for label, url, body in targets:
-                rates[label].append(loadgen(binary, url, body, ca, ["-mode", "sat", "-conns", "16", "-duration",
-                                                                   args.duration])["per_second"])
-                if args.round_rate:
-                    p99s[label].append(loadgen(binary, url, body, ca, [
-                        "-mode", "rate", "-rate", str(args.round_rate), "-conns", "64", "-duration",
-                        args.duration])["p99_ms"])
-            for label in rates:
-                baseline = rates[f"{label.split()[0]} baseline"][-1]
-                ratios[label].append(rates[label][-1] / baseline)
+            for (base_label, base_url, base_body), *others in targets.values():
+                before = saturation(base_label, base_url, base_body)
+                ratios[base_label].append(1.0)
+                for label, url, body in [(base_label, base_url, base_body), *others]:
+                    if label != base_label:
+                        ours = saturation(label, url, body)
+                        after = saturation(base_label, base_url, base_body)
+                        ratios[label].append(ours / ((before + after) / 2))
+                        before = after
+                    if args.round_rate:
+                        p99s[label].append(loadgen(binary, url, body, ca, [
+                            "-mode", "rate", "-rate", str(args.round_rate), "-conns", "64", "-duration",
+                            args.duration])["p99_ms"])
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(30)
-    print(f"saturation, one worker, {args.rounds} interleaved rounds of {args.duration} (medians):")
+    print(f"saturation, one worker, {args.rounds} rounds of {args.duration}, each server between two baseline "
+          "measurements (medians):")
     print(f"{'server':36} {'req/s':>8} {'ratio':>6}   per-round ratios")
-    for label in rates:
+    for label in labels:
         print(f"{label:36} {statistics.median(rates[label]):8.0f} {statistics.median(ratios[label]):6.2f}   "
               + " ".join(f"{r:.2f}" for r in ratios[label]))
     if args.round_rate:
         print(f"\np99 at {args.round_rate}/s, one worker, the same rounds (median, then per round, ms):")
-        for label in p99s:
+        for label in labels:
             print(f"{label:36} {statistics.median(p99s[label]):8.2f}   " + " ".join(f"{p:.2f}" for p in p99s[label]))
     return 0
 
