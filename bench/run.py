@@ -172,7 +172,9 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
         for size in args.sizes.split(","):
             targets[size] = []
             for name, scenario in servers:
-                if name == "go floor":
+                label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
+                if name == "go floor" or (name != "baseline" and args.only
+                                          and not any(part in label for part in args.only.split(","))):
                     continue
                 body = tmp / f"{size}-{scenario}.json"
                 body.write_bytes(review(size, scenario))
@@ -181,7 +183,6 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
                 procs.append(subprocess.Popen([*pin("0"), *command], env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED else None))
                 wait_port(port, procs[-1])
-                label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
                 targets[size].append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
         labels = [label for group in targets.values() for label, _, _ in group]
         rates: dict[str, list[float]] = {label: [] for label in labels}
@@ -302,6 +303,9 @@ def main() -> int:
                              "measured in turn for this many rounds; medians of req/s and of per-round ratios")
     parser.add_argument("--round-rate", type=int, default=1000,
                         help="with --rounds: also measure p99 at this fixed rate in every round (0: do not)")
+    parser.add_argument("--only", default="", metavar="TEXT,...",
+                        help="with --rounds: measure only the servers whose label contains one of these (the baseline "
+                             "always), e.g. 'compiled distinct' for more rounds of one row in the same time")
     parser.add_argument("--instructions", type=int, default=0, metavar="N",
                         help="instead of the table: instructions per review under callgrind (needs valgrind), from "
                              "N and N/5 reviews; the ratio baseline/ours is what saturation would show on a quiet "
