@@ -290,6 +290,27 @@ def instructions(servers: tuple[tuple[str, str], ...], args: argparse.Namespace,
     return 0
 
 
+def in_process(args: argparse.Namespace, tmp: Path, env: dict[str, str], compiled: Path | None) -> int:
+    """The handler's own cost per review, without TLS, HTTP or the event loop (bench/inprocess.py), next to the
+    baseline handler's work on the same reviews, from the sources and (with --compiled) from the compiled build."""
+    pythons = [("wi-webhook", Path(sys.executable))] + ([(COMPILED, compiled / "bin" / "python")] if compiled else [])
+    print(f"in process, per review (fastest of {args.in_process_blocks} blocks; baseline = decode + encode an allow):")
+    print(f"{'server':36} {'baseline us':>11} {'handler us':>11} {'extra us':>9} {'reply bytes':>12}")
+    for size in args.sizes.split(","):
+        for scenario in ("burst", "distinct"):
+            body = tmp / f"{size}-{scenario}.json"
+            body.write_bytes(review(size, scenario))
+            for name, python in pythons:
+                # Started in tmp, with the script by path: the compiled build must not be shadowed by a checkout.
+                out = subprocess.run([str(python), str(ROOT / "bench/inprocess.py"), "--body", str(body), "--objects",
+                                      str(tmp / "sa.yaml"), "--blocks", str(args.in_process_blocks)],
+                                     env=env, cwd=tmp, capture_output=True, text=True, timeout=600, check=True)
+                r = json.loads(out.stdout)
+                print(f"{size + ' ' + name + ' ' + scenario:36} {r['baseline_us']:11.1f} {r['handler_us']:11.1f} "
+                      f"{r['handler_us'] - r['baseline_us']:9.1f} {r['reply_bytes']:12d}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", default="5s")
@@ -306,6 +327,10 @@ def main() -> int:
     parser.add_argument("--only", default="", metavar="TEXT,...",
                         help="with --rounds: measure only the servers whose label contains one of these (the baseline "
                              "always), e.g. 'compiled distinct' for more rounds of one row in the same time")
+    parser.add_argument("--in-process", action="store_true",
+                        help="instead of the table: the handler's own cost per review in process (no TLS, HTTP or "
+                             "event loop) next to the baseline handler's work (bench/inprocess.py)")
+    parser.add_argument("--in-process-blocks", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--instructions", type=int, default=0, metavar="N",
                         help="instead of the table: instructions per review under callgrind (needs valgrind), from "
                              "N and N/5 reviews; the ratio baseline/ours is what saturation would show on a quiet "
@@ -320,6 +345,8 @@ def main() -> int:
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
         compiled = compiled_venv(tmp) if args.compiled else None
         servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
+        if args.in_process:
+            return in_process(args, tmp, env, compiled)
         if args.instructions:
             return instructions(servers, args, tmp, binary, ca, env, compiled)
         if args.rounds:
