@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import ssl
 
 import orjson
@@ -19,8 +20,20 @@ from aiohttp import web
 async def mutate(request: web.Request) -> web.Response:
     review = orjson.loads(await request.read())
     answer = {"apiVersion": review["apiVersion"], "kind": "AdmissionReview",
-              "response": {"uid": review["request"]["uid"], "allowed": True}}
+              "response": {"uid": review["request"]["uid"], "allowed": True, **PATCH}}
     return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+
+PATCH: dict[str, str] = {}  # --patch-bytes: a fixed patch, so that the reply is as large as the webhook's
+
+
+def fixed_patch(size: int) -> dict[str, str]:
+    """A JSON Patch whose base64 text is about `size` bytes: one annotation added (never applied; only its size
+    matters, to tell the cost of a larger reply from the cost of computing it)."""
+    if size <= 0:
+        return {}
+    op = [{"op": "add", "path": "/metadata/annotations/bench", "value": "x" * max(size * 3 // 4 - 60, 0)}]
+    return {"patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(op)).decode()}
 
 
 def main() -> None:
@@ -30,7 +43,10 @@ def main() -> None:
     parser.add_argument("--reuse-port", action="store_true", help="for several baseline processes on one port")
     parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                         help="as wi-webhook serve: uvloop when installed (auto)")
+    parser.add_argument("--patch-bytes", type=int, default=0,
+                        help="answer with a fixed patch of about this many base64 bytes (the reply-size control)")
     args = parser.parse_args()
+    PATCH.update(fixed_patch(args.patch_bytes))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(f"{args.cert_dir}/tls.crt", f"{args.cert_dir}/tls.key")

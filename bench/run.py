@@ -112,9 +112,11 @@ def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path,
                     compiled: Path | None = None) -> list[list[str]]:
     if name == "go floor":  # the harness floor: a Go server with a fixed answer
         return [[str(binary), "-serve", f"127.0.0.1:{port}", "-cert-dir", str(tmp / "certs")]]
-    if name == "baseline":  # N bare processes sharing the port, like `--workers N`
+    if name.startswith("baseline"):  # N bare processes sharing the port, like `--workers N`
         return [[sys.executable, str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir",
-                 str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else [])] for _ in range(workers)]
+                 str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else []),
+                 *(["--patch-bytes", name.split()[-1]] if name.startswith(REPLY_CONTROL) else [])]
+                for _ in range(workers)]
     # wi-webhook from the sources (this environment), or the compiled build's console script (its own venv).
     if name == COMPILED:
         assert compiled, "the compiled build is installed first"
@@ -136,6 +138,7 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
 
 SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
 COMPILED = "wi-webhook compiled"
+REPLY_CONTROL = "baseline patch"  # with --reply-control N: the baseline answering with an N-byte patch
 
 
 def compiled_venv(tmp: Path) -> Path:
@@ -173,7 +176,7 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
             targets[size] = []
             for name, scenario in servers:
                 label = f"{size} {name}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
-                if name == "go floor" or (name != "baseline" and args.only
+                if name == "go floor" or (not name.startswith("baseline") and args.only
                                           and not any(part in label for part in args.only.split(","))):
                     continue
                 body = tmp / f"{size}-{scenario}.json"
@@ -328,6 +331,10 @@ def main() -> int:
     parser.add_argument("--only", default="", metavar="TEXT,...",
                         help="with --rounds: measure only the servers whose label contains one of these (the baseline "
                              "always), e.g. 'compiled distinct' for more rounds of one row in the same time")
+    parser.add_argument("--reply-control", type=int, default=0, metavar="BYTES",
+                        help="with --rounds: also run the baseline answering with a fixed patch of about BYTES base64 "
+                             "bytes (the webhook's small-pod reply carries about 3,900), to tell the cost of a larger "
+                             "reply from the cost of computing it")
     parser.add_argument("--in-process", action="store_true",
                         help="instead of the table: the handler's own cost per review in process (no TLS, HTTP or "
                              "event loop) next to the baseline handler's work (bench/inprocess.py)")
@@ -346,6 +353,8 @@ def main() -> int:
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
         compiled = compiled_venv(tmp) if args.compiled else None
         servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
+        if args.reply_control and args.rounds:
+            servers += ((f"{REPLY_CONTROL} {args.reply_control}", "burst"),)
         if args.in_process:
             return in_process(args, tmp, env, compiled)
         if args.instructions:
