@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import base64
 import ssl
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -45,15 +46,45 @@ def main() -> None:
                         help="as wi-webhook serve: uvloop when installed (auto)")
     parser.add_argument("--patch-bytes", type=int, default=0,
                         help="answer with a fixed patch of about this many base64 bytes (the reply-size control)")
+    parser.add_argument("--handler-calls", type=int, default=0, metavar="N",
+                        help="a probe, not the baseline: answer with the webhook's own AdmissionHandler (default "
+                             "configuration), called N times per request on the same body; needs --objects")
+    parser.add_argument("--objects", help="with --handler-calls: the ServiceAccount manifests")
     args = parser.parse_args()
     PATCH.update(fixed_patch(args.patch_bytes))
+    answer = mutate if args.handler_calls <= 0 else handler_probe(args.handler_calls, args.objects)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(f"{args.cert_dir}/tls.crt", f"{args.cert_dir}/tls.key")
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app.router.add_post("/mutate-v1-pod", mutate)
+    app.router.add_post("/mutate-v1-pod", answer)
     web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=context, access_log=None, print=None,
                 reuse_port=args.reuse_port or None, loop=event_loop(args.event_loop))
+
+
+def handler_probe(calls: int, objects: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """This server with the webhook's handler in place of the bare one: the same process, TLS, aiohttp app and loop
+    as the baseline, so its ratio shows what the handler costs where it runs (not `serve`'s own plumbing); and with
+    N > 1, what each further call costs when it follows the first on the same body."""
+    import os
+
+    from webhook.config import ServeOptions, build_mutation_config
+    from webhook.handler import AdmissionHandler
+    from webhook.manifests import load
+    from webhook.serviceaccounts import StaticServiceAccounts
+
+    if not objects:
+        raise SystemExit("--handler-calls needs --objects (the ServiceAccount manifests)")
+    config = build_mutation_config(ServeOptions(), os.environ, native_sidecar=False)
+    handler = AdmissionHandler(config, StaticServiceAccounts.from_manifests(load([objects])))
+
+    async def probe(request: web.Request) -> web.Response:
+        body = await request.read()
+        for _ in range(calls - 1):
+            await handler.review(body)
+        return web.Response(body=await handler.review(body), content_type="application/json")
+
+    return probe
 
 
 def event_loop(choice: str) -> asyncio.AbstractEventLoop:

@@ -112,6 +112,10 @@ def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path,
                     compiled: Path | None = None) -> list[list[str]]:
     if name == "go floor":  # the harness floor: a Go server with a fixed answer
         return [[str(binary), "-serve", f"127.0.0.1:{port}", "-cert-dir", str(tmp / "certs")]]
+    if name.startswith(HANDLER_PROBE):  # the baseline's server calling the webhook's handler (compiled if built)
+        python = compiled / "bin" / "python" if compiled else Path(sys.executable)
+        return [[str(python), str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir", str(tmp / "certs"),
+                 "--handler-calls", name.split()[-1], "--objects", str(tmp / "sa.yaml")]]
     if name.startswith("baseline"):  # N bare processes sharing the port, like `--workers N`
         return [[sys.executable, str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir",
                  str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else []),
@@ -139,6 +143,7 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
 SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
 COMPILED = "wi-webhook compiled"
 REPLY_CONTROL = "baseline patch"  # with --reply-control N: the baseline answering with an N-byte patch
+HANDLER_PROBE = "baseline calling handler x"  # with --handler-probe N: the baseline's server calling our handler
 
 
 def compiled_venv(tmp: Path) -> Path:
@@ -184,7 +189,8 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
                 port = free_port()
                 [command] = server_commands(name, port, 1, tmp, binary, compiled)
                 procs.append(subprocess.Popen([*pin("0"), *command], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, cwd=tmp if name == COMPILED else None))
+                                              stderr=subprocess.DEVNULL,
+                                              cwd=tmp if name == COMPILED or name.startswith(HANDLER_PROBE) else None))
                 wait_port(port, procs[-1])
                 targets[size].append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
         labels = [label for group in targets.values() for label, _, _ in group]
@@ -335,6 +341,10 @@ def main() -> int:
                         help="with --rounds: also run the baseline answering with a fixed patch of about BYTES base64 "
                              "bytes (the webhook's small-pod reply carries about 3,900), to tell the cost of a larger "
                              "reply from the cost of computing it")
+    parser.add_argument("--handler-probe", type=int, default=0, metavar="N",
+                        help="with --rounds: also run the baseline's own server answering with the webhook's handler "
+                             "(the compiled build's with --compiled), called 1..N times per request on distinct pods: "
+                             "what the handler costs where it runs, and what each further call costs")
     parser.add_argument("--in-process", action="store_true",
                         help="instead of the table: the handler's own cost per review in process (no TLS, HTTP or "
                              "event loop) next to the baseline handler's work (bench/inprocess.py)")
@@ -355,6 +365,8 @@ def main() -> int:
         servers = SERVERS + (((COMPILED, "burst"), (COMPILED, "distinct")) if compiled else ())
         if args.reply_control and args.rounds:
             servers += ((f"{REPLY_CONTROL} {args.reply_control}", "burst"),)
+        if args.handler_probe and args.rounds:
+            servers += tuple((f"{HANDLER_PROBE} {calls}", "distinct") for calls in range(1, args.handler_probe + 1))
         if args.in_process:
             return in_process(args, tmp, env, compiled)
         if args.instructions:
