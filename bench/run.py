@@ -115,7 +115,7 @@ def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path,
     if name.startswith(HANDLER_PROBE):  # the baseline's server calling the webhook's handler (compiled if built)
         python = compiled / "bin" / "python" if compiled else Path(sys.executable)
         return [[str(python), str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir", str(tmp / "certs"),
-                 "--handler-calls", name.split()[-1], "--objects", str(tmp / "sa.yaml")]]
+                 "--handler-calls", name.split()[-1].rstrip("x"), "--objects", str(tmp / "sa.yaml")]]
     if name.startswith("baseline"):  # N bare processes sharing the port, like `--workers N`
         return [[sys.executable, str(ROOT / "bench/baseline.py"), "--port", str(port), "--cert-dir",
                  str(tmp / "certs"), *(["--reuse-port"] if workers > 1 else []),
@@ -143,7 +143,7 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
 SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
 COMPILED = "wi-webhook compiled"
 REPLY_CONTROL = "baseline patch"  # with --reply-control N: the baseline answering with an N-byte patch
-HANDLER_PROBE = "baseline calling handler x"  # with --handler-probe N: the baseline's server calling our handler
+HANDLER_PROBE = "baseline calling handler"  # with --handler-probe N: the baseline's server calling our handler
 
 
 def compiled_venv(tmp: Path) -> Path:
@@ -366,7 +366,7 @@ def main() -> int:
         if args.reply_control and args.rounds:
             servers += ((f"{REPLY_CONTROL} {args.reply_control}", "burst"),)
         if args.handler_probe and args.rounds:
-            servers += tuple((f"{HANDLER_PROBE} {calls}", "distinct") for calls in range(1, args.handler_probe + 1))
+            servers += tuple((f"{HANDLER_PROBE} {calls}x", "distinct") for calls in range(1, args.handler_probe + 1))
         if args.in_process:
             return in_process(args, tmp, env, compiled)
         if args.instructions:
