@@ -13,16 +13,40 @@ import asyncio
 import base64
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from webhook.handler import AdmissionHandler
+
 
 async def mutate(request: web.Request) -> web.Response:
-    review = orjson.loads(await request.read())
+    return web.Response(body=allow(await request.read()), content_type="application/json")
+
+
+def allow(body: bytes) -> bytes:
+    """The baseline's whole work per review: decode it, encode an allow (also timed by bench/inprocess.py)."""
+    review = orjson.loads(body)
     answer = {"apiVersion": review["apiVersion"], "kind": "AdmissionReview",
               "response": {"uid": review["request"]["uid"], "allowed": True, **PATCH}}
-    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+    return orjson.dumps(answer)
+
+
+def webhook_handler(objects: str) -> AdmissionHandler:
+    """The webhook's AdmissionHandler as `serve` builds it with the default configuration (AZURE_TENANT_ID from the
+    environment), its ServiceAccounts from the manifests `objects`: for the probes, not for the baseline itself,
+    hence imported here and not at the top."""
+    import os
+
+    from webhook.config import ServeOptions, build_mutation_config
+    from webhook.handler import AdmissionHandler
+    from webhook.manifests import load
+    from webhook.serviceaccounts import StaticServiceAccounts
+
+    config = build_mutation_config(ServeOptions(), os.environ, native_sidecar=False)
+    return AdmissionHandler(config, StaticServiceAccounts.from_manifests(load([objects])))
 
 
 PATCH: dict[str, str] = {}  # --patch-bytes: a fixed patch, so that the reply is as large as the webhook's
@@ -66,17 +90,9 @@ def handler_probe(calls: int, objects: str | None) -> Callable[[web.Request], Aw
     """This server with the webhook's handler in place of the bare one: the same process, TLS, aiohttp app and loop
     as the baseline, so its ratio shows what the handler costs where it runs (not `serve`'s own plumbing); and with
     N > 1, what each further call costs when it follows the first on the same body."""
-    import os
-
-    from webhook.config import ServeOptions, build_mutation_config
-    from webhook.handler import AdmissionHandler
-    from webhook.manifests import load
-    from webhook.serviceaccounts import StaticServiceAccounts
-
     if not objects:
         raise SystemExit("--handler-calls needs --objects (the ServiceAccount manifests)")
-    config = build_mutation_config(ServeOptions(), os.environ, native_sidecar=False)
-    handler = AdmissionHandler(config, StaticServiceAccounts.from_manifests(load([objects])))
+    handler = webhook_handler(objects)
 
     async def probe(request: web.Request) -> web.Response:
         body = await request.read()

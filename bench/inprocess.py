@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import time
@@ -22,12 +21,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import orjson
+from baseline import allow, webhook_handler
 
-from webhook.config import ServeOptions, build_mutation_config
 from webhook.handler import AdmissionHandler
-from webhook.manifests import load
-from webhook.serviceaccounts import StaticServiceAccounts
 
 ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's generated-name characters
 
@@ -41,9 +37,7 @@ def reviews(template: bytes, count: int) -> list[bytes]:
 
 
 async def baseline(body: bytes) -> bytes:
-    review = orjson.loads(body)
-    return orjson.dumps({"apiVersion": review["apiVersion"], "kind": "AdmissionReview",
-                         "response": {"uid": review["request"]["uid"], "allowed": True}})
+    return allow(body)
 
 
 async def per_review(answer: Callable[[bytes], Awaitable[bytes]], bodies: list[bytes]) -> float:
@@ -71,8 +65,7 @@ def main() -> None:
     parser.add_argument("--reviews", type=int, default=2000, help="reviews per block")
     parser.add_argument("--blocks", type=int, default=15)
     args = parser.parse_args()
-    config = build_mutation_config(ServeOptions(), os.environ, native_sidecar=False)
-    handler = AdmissionHandler(config, StaticServiceAccounts.from_manifests(load([args.objects])))
+    handler = webhook_handler(args.objects)
     bodies = reviews(args.body.read_bytes(), args.reviews)
     print(json.dumps(asyncio.run(measure(handler, bodies, args.blocks))))
 
