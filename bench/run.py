@@ -171,7 +171,7 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
     to the mean of the two baseline measurements around it: the host's speed drifts by tens of percent over a
     minute here, and bracketing cancels a drift that is linear over one server's slot instead of charging it to
     whichever server came last. Reports each server's median req/s and median ratio, and (unless --round-rate 0)
-    its median p99 at that fixed rate (measured once per round, right after the server's saturation slot)."""
+    its median p99 at that fixed rate (once per round, after the baseline slot that follows the server's)."""
     import statistics
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -204,20 +204,23 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
             rates[label].append(rate)
             return rate
 
+        def p99(label: str, url: str, body: Path) -> None:
+            if args.round_rate:
+                p99s[label].append(loadgen(binary, url, body, ca, [
+                    "-mode", "rate", "-rate", str(args.round_rate), "-conns", "64", "-duration",
+                    args.duration])["p99_ms"])
+
         for _ in range(args.rounds):
-            for (base_label, base_url, base_body), *others in targets.values():
-                before = saturation(base_label, base_url, base_body)
-                ratios[base_label].append(1.0)
-                for label, url, body in [(base_label, base_url, base_body), *others]:
-                    if label != base_label:
-                        ours = saturation(label, url, body)
-                        after = saturation(base_label, base_url, base_body)
-                        ratios[label].append(ours / ((before + after) / 2))
-                        before = after
-                    if args.round_rate:
-                        p99s[label].append(loadgen(binary, url, body, ca, [
-                            "-mode", "rate", "-rate", str(args.round_rate), "-conns", "64", "-duration",
-                            args.duration])["p99_ms"])
+            for base, *others in targets.values():
+                before = saturation(*base)
+                ratios[base[0]].append(1.0)
+                p99(*base)
+                for label, url, body in others:
+                    ours = saturation(label, url, body)
+                    after = saturation(*base)
+                    ratios[label].append(ours / ((before + after) / 2))
+                    before = after
+                    p99(label, url, body)
     finally:
         for proc in procs:
             proc.terminate()
