@@ -506,13 +506,16 @@ def test_self_managed_mode() -> None:
     assert flags["--service-name"] == SERVICE_NAME
     assert flags["--cert-check-rotation-interval"] == "12h"
     assert flags["--cert-renew-before"] == "2160h"
-    custom = {"certificates": {"selfManaged": {"rotationCheckInterval": "1h", "renewBefore": "720h"}}}
+    assert flags["--cert-ca-settle-delay"] == "10s"
+    custom = {"certificates": {"selfManaged": {"rotationCheckInterval": "1h", "renewBefore": "720h",
+                                               "caSettleDelay": "30s"}}}
     flags = flag_values(manager(render(custom))["args"])
     assert flags["--cert-check-rotation-interval"] == "1h" and flags["--cert-renew-before"] == "720h"
+    assert flags["--cert-ca-settle-delay"] == "30s"
 
 
 ROTATION_FLAGS = {"--cert-secret-name", "--webhook-config-name", "--service-name", "--cert-check-rotation-interval",
-                  "--cert-renew-before"}
+                  "--cert-renew-before", "--cert-ca-settle-delay"}
 
 
 def test_cert_manager_mode_bootstraps_a_ca() -> None:
@@ -633,7 +636,7 @@ def test_deployment_defaults() -> None:
         "--tls-min-version=1.3", "--native-sidecar=auto", "--workers=1", "--shutdown-delay=5",
         f"--cert-secret-name={SECRET_NAME}",
         f"--webhook-config-name={MWC_NAME}", f"--service-name={SERVICE_NAME}", "--cert-check-rotation-interval=12h",
-        "--cert-renew-before=2160h",
+        "--cert-renew-before=2160h", "--cert-ca-settle-delay=10s",
     ]
     assert container["env"] == [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
         "apiVersion": "v1", "fieldPath": "metadata.namespace"}}}]

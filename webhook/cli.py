@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     rotation.add_argument("--cert-check-rotation-interval", default="12h", help="how often to check expiry")
     rotation.add_argument("--cert-renew-before", default="2160h",
                           help="renew when the certificate would expire within this duration (90 days)")
+    rotation.add_argument("--cert-ca-settle-delay", default="10s",
+                          help="keep a new CA in the caBundle this long before serving a certificate it signed "
+                               "(the API server applies caBundle changes with a delay)")
     rotation.add_argument("--cert-host", action="append", default=[],
                           help="extra DNS name or IP for the serving certificate (repeatable)")
 
@@ -279,7 +282,8 @@ def _rotator(api: Any, options: ServeOptions) -> Any:
         validating_config_name=options.validating_webhook_config_name,
         hosts=service_hosts(options.service_name, namespace) + list(options.cert_host),
         renew_before=parse_duration(options.cert_renew_before),
-        check_interval=parse_duration(options.cert_check_rotation_interval)))
+        check_interval=parse_duration(options.cert_check_rotation_interval),
+        ca_settle_delay=parse_duration(options.cert_ca_settle_delay)))
 
 
 def run_mutate(args: argparse.Namespace) -> int:

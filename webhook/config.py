@@ -141,6 +141,7 @@ class ServeOptions(WebhookOptions):
     service_name: str = "azure-wi-webhook-webhook-service"
     cert_check_rotation_interval: str = "12h"
     cert_renew_before: str = "2160h"
+    cert_ca_settle_delay: str = "10s"
     cert_host: list[str] = Field(default_factory=list)
 
     @field_validator("cert_check_rotation_interval", "cert_renew_before")
@@ -150,6 +151,15 @@ class ServeOptions(WebhookOptions):
 
         if parse_duration(value) <= 0:
             raise ValueError("must be a positive duration, e.g. 12h")
+        return value
+
+    @field_validator("cert_ca_settle_delay")
+    @classmethod
+    def _settle_delay(cls, value: str) -> str:
+        from webhook.rotation import parse_duration
+
+        if not 0 <= parse_duration(value) <= 600:
+            raise ValueError("must be a duration from 0s to 10m, e.g. 10s")
         return value
 
     @field_validator("health_addr", "metrics_addr")

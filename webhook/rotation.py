@@ -52,6 +52,12 @@ class RotationSettings:
     # by `kubectl replace` or a GitOps sync, or an emptied Secret, is repaired within a minute (the reference
     # reacts to watch events; two GETs a minute per replica are cheaper than two more watches).
     repair_interval: float = 60.0
+    # How long a new CA must have been in the caBundle before the Secret (and so the served certificate) changes.
+    # The API server applies a caBundle change through its informer, which can lag by seconds under load (the
+    # rotation e2e test saw a lag above 1 s), and each API server of an HA control plane has its own. Rotations are
+    # rare and the rotator has its own thread, so waiting costs nothing. Not applied to the first issuance, when no
+    # certificate is trusted or served yet.
+    ca_settle_delay: float = 10.0
 
 
 def _valid_until(pem: bytes | None) -> dt.datetime | None:
@@ -135,8 +141,9 @@ class CertRotator:
         """One pass: ensure a valid bundle in the Secret (compare-and-swap), then the caBundle in the MWC.
 
         A new CA is trusted first: the caBundle gets the new CA (and keeps the previous one, also stored in the
-        Secret as `ca-previous.crt`) before the Secret — and so, via the volume, the served certificate — changes.
-        Replicas still serving the old certificate keep working during the volume's propagation delay.
+        Secret as `ca-previous.crt`, and whatever else it trusts at that moment, e.g. another replica's candidate)
+        and keeps it for `ca_settle_delay` before the Secret — and so, via the volume, the served certificate —
+        changes. Replicas still serving the old certificate keep working during the volume's propagation delay.
         """
         from kubernetes.client.exceptions import ApiException
 
@@ -153,7 +160,11 @@ class CertRotator:
                 previous = _valid_pems([data.get("ca.crt", b""), self._trusted_bundle()])[:MAX_PREVIOUS_CAS]
                 if previous:
                     bundle["ca-previous.crt"] = b"".join(previous)
-                self._inject_ca(trusted_cas(bundle))
+                self._inject_ca(trusted_cas(bundle), keep_current=True)
+                if previous and not self._settle(bundle["ca.crt"]):
+                    if self._stop.is_set():
+                        return  # shutting down: the Secret stays; another replica drops the unused candidate
+                    continue  # the new CA left the caBundle meanwhile: start over
             elif data.get("ca-previous.crt"):
                 bundle["ca-previous.crt"] = data["ca-previous.crt"]
             secret.data = {k: base64.b64encode(v).decode() for k, v in bundle.items()}
@@ -170,30 +181,55 @@ class CertRotator:
             raise RuntimeError(f"secret {s.namespace}/{s.secret_name} kept changing; giving up this round")
         self._inject_ca(trusted_cas(data))
 
+    def _settle(self, ca_pem: bytes) -> bool:
+        """Wait `ca_settle_delay`, then confirm every webhook still trusts `ca_pem` (False: stopping, or removed)."""
+        if self._stop.wait(self.settings.ca_settle_delay):
+            return False
+        wanted = _valid_pems([ca_pem])
+        return all(p in _valid_pems([bundle]) for bundle in self._bundles() for p in wanted)
+
     def _trusted_bundle(self) -> bytes:
         """Every CA the webhook configuration trusts now, as one PEM bundle."""
-        config = self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)
-        return b"".join(base64.b64decode(hook.client_config.ca_bundle or "") for hook in config.webhooks or [])
+        return b"".join(self._bundles())
 
-    def _inject_ca(self, ca_pem: bytes) -> None:
-        """Write the caBundle into the mutating (and, if configured, the validating) webhook configuration."""
-        self._inject_into("mutating", self.settings.webhook_config_name, ca_pem)
+    def _bundles(self) -> list[bytes]:
+        """Each webhook's caBundle (PEM), in the mutating and, if configured, the validating configuration."""
+        configs = [self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)]
         if self.settings.validating_config_name:
-            self._inject_into("validating", self.settings.validating_config_name, ca_pem)
+            configs.append(self._admission.read_validating_webhook_configuration(
+                self.settings.validating_config_name))
+        return [base64.b64decode(hook.client_config.ca_bundle or "") for c in configs for hook in c.webhooks or []]
 
-    def _inject_into(self, kind: str, name: str, ca_pem: bytes) -> None:
+    def _inject_ca(self, ca_pem: bytes, keep_current: bool = False) -> None:
+        """Write the caBundle into the mutating (and, if configured, the validating) webhook configuration.
+
+        `keep_current` adds to what each webhook trusts instead of replacing it: used while a new CA waits to be
+        served, so two replicas rotating at once cannot take each other's candidate out (the loser's is removed
+        by the next plain injection, once the Secret says which CA won).
+        """
+        self._inject_into("mutating", self.settings.webhook_config_name, ca_pem, keep_current)
+        if self.settings.validating_config_name:
+            self._inject_into("validating", self.settings.validating_config_name, ca_pem, keep_current)
+
+    def _inject_into(self, kind: str, name: str, ca_pem: bytes, keep_current: bool) -> None:
         from kubernetes.client.exceptions import ApiException
 
         read = getattr(self._admission, f"read_{kind}_webhook_configuration")
         replace = getattr(self._admission, f"replace_{kind}_webhook_configuration")
-        wanted = base64.b64encode(ca_pem).decode()
         for _ in range(5):
             config = read(name)
-            stale = [w for w in config.webhooks or [] if w.client_config.ca_bundle != wanted]
+            stale = False
+            for hook in config.webhooks or []:
+                pem = ca_pem
+                if keep_current:
+                    current = base64.b64decode(hook.client_config.ca_bundle or "")
+                    pem = b"".join(_valid_pems([ca_pem, current])[:MAX_TRUSTED_CAS]) or ca_pem
+                wanted = base64.b64encode(pem).decode()
+                if hook.client_config.ca_bundle != wanted:
+                    hook.client_config.ca_bundle = wanted
+                    stale = True
             if not stale:
                 return
-            for hook in stale:
-                hook.client_config.ca_bundle = wanted
             try:
                 replace(name, config)  # carries the resourceVersion read: compare-and-swap
                 log.info("injected CA bundle", extra={"webhook-configuration": name})
@@ -205,6 +241,8 @@ class CertRotator:
 
 
 MAX_PREVIOUS_CAS = 3
+# The current CA, its predecessors and candidates of replicas rotating at the same moment.
+MAX_TRUSTED_CAS = 8
 
 
 def _valid_pems(bundles: list[bytes]) -> list[bytes]:
