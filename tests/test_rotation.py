@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from webhook import certs
-from webhook.rotation import parse_duration, plan_bundle
+from webhook.rotation import CertRotator, RotationSettings, parse_duration, plan_bundle
 
 HOSTS = ["svc.ns.svc", "svc.ns.svc.cluster.local"]
 DAY = 86400.0
@@ -117,7 +118,6 @@ class FakeCluster:
     """The two objects the rotator touches, with resourceVersion compare-and-swap, and a log of what happened."""
 
     def __init__(self, secret: dict[str, bytes], ca_bundle: bytes) -> None:
-        import base64
         import copy
         from types import SimpleNamespace
 
@@ -159,21 +159,15 @@ class FakeCluster:
         setattr(self, attr, body)
 
     def secret_data(self) -> dict[str, bytes]:
-        import base64
-
         return {k: base64.b64decode(v) for k, v in self.secret.data.items()}
 
     def trusted(self) -> list[int]:
         """Serial numbers of the CAs in the caBundle."""
-        import base64
-
         pem = base64.b64decode(self.config.webhooks[0].client_config.ca_bundle or "")
         return [c.serial_number for c in x509.load_pem_x509_certificates(pem)] if pem else []
 
     def set_bundle(self, pem: bytes) -> None:
         """Another writer (a GitOps sync, another replica) replaces the caBundle."""
-        import base64
-
         self.config.webhooks[0].client_config.ca_bundle = base64.b64encode(pem).decode()
         self.config.metadata.resource_version = str(int(self.config.metadata.resource_version) + 1)
 
@@ -181,12 +175,13 @@ class FakeCluster:
 class FakeStop:
     """Stands in for the rotator's stop event: records each wait instead of sleeping, runs a hook meanwhile."""
 
-    def __init__(self, cluster: FakeCluster, during_wait: object = None, stopping: bool = False) -> None:
+    def __init__(self, cluster: FakeCluster, during_wait: Callable[[], None] | None = None,
+                 stopping: bool = False) -> None:
         self.cluster, self.during_wait, self.stopping = cluster, during_wait, stopping
 
     def wait(self, timeout: float) -> bool:
         self.cluster.events.append(("wait", timeout))
-        if callable(self.during_wait):
+        if self.during_wait is not None:
             self.during_wait()
             self.during_wait = None
         return self.stopping
@@ -195,13 +190,12 @@ class FakeStop:
         return self.stopping
 
 
-def rotator(cluster: FakeCluster, settle: float = 10.0, **stop: object) -> object:
-    from webhook.rotation import CertRotator, RotationSettings
-
+def rotator(cluster: FakeCluster, settle: float = 10.0, during_wait: Callable[[], None] | None = None,
+            stopping: bool = False) -> CertRotator:
     rot = CertRotator(None, RotationSettings(namespace="ns", secret_name="cert", webhook_config_name="mwc",
                                              hosts=HOSTS, ca_settle_delay=settle))
     rot._core = rot._admission = cluster
-    rot._stop = FakeStop(cluster, **stop)  # type: ignore[assignment, arg-type]
+    rot._stop = FakeStop(cluster, during_wait, stopping)  # type: ignore[assignment]
     return rot
 
 
@@ -211,7 +205,7 @@ def serial(pem: bytes) -> int:
 
 def test_first_issuance_does_not_wait() -> None:
     cluster = FakeCluster({}, b"")
-    rotator(cluster).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster).reconcile()
     ca = serial(cluster.secret_data()["ca.crt"])
     assert [kind for kind, _ in cluster.events] == ["caBundle", "secret"]  # nothing was trusted or served yet
     assert cluster.trusted() == [ca]
@@ -221,7 +215,7 @@ def test_new_ca_is_trusted_for_the_settle_delay_before_the_secret_changes() -> N
     old = plan_bundle({}, HOSTS, 90 * DAY)
     assert old is not None
     cluster = FakeCluster({**old, "ca.crt": b"garbage"}, old["ca.crt"])  # forces a new CA; the old one is served
-    rotator(cluster, settle=7.0).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster, settle=7.0).reconcile()
     new = serial(cluster.secret_data()["ca.crt"])
     kinds = [kind for kind, _ in cluster.events]
     assert kinds == ["caBundle", "wait", "secret"], cluster.events
@@ -235,7 +229,7 @@ def test_a_candidate_removed_while_settling_is_not_served() -> None:
     old = plan_bundle({}, HOSTS, 90 * DAY)
     assert old is not None
     cluster = FakeCluster({**old, "ca.crt": b"garbage"}, old["ca.crt"])
-    rotator(cluster, during_wait=lambda: cluster.set_bundle(old["ca.crt"])).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster, during_wait=lambda: cluster.set_bundle(old["ca.crt"])).reconcile()
     kinds = [kind for kind, _ in cluster.events]
     assert kinds == ["caBundle", "wait", "caBundle", "wait", "secret"], cluster.events
     first, second = cluster.events[0][1], cluster.events[2][1]
@@ -250,7 +244,7 @@ def test_concurrent_candidates_are_kept_until_the_secret_decides() -> None:
     assert old is not None
     other = certs.generate_ca()  # another replica's candidate, already in the caBundle
     cluster = FakeCluster({**old, "ca.crt": b"garbage"}, other.cert_pem + old["ca.crt"])
-    rotator(cluster).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster).reconcile()
     new = serial(cluster.secret_data()["ca.crt"])
     assert cluster.events[0][1] == [new, serial(other.cert_pem), serial(old["ca.crt"])]  # added, none replaced
     # The other candidate was trusted when this rotation started, so it stays trusted as a previous CA: a replica
@@ -265,7 +259,7 @@ def test_a_candidate_injected_meanwhile_is_not_taken_out_while_settling() -> Non
     other = certs.generate_ca()
     # Another replica adds its candidate after this one read the trusted CAs and before it writes the caBundle.
     cluster.on_config_read[2] = lambda: cluster.set_bundle(other.cert_pem + old["ca.crt"])
-    rotator(cluster).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster).reconcile()
     new = serial(cluster.secret_data()["ca.crt"])
     assert cluster.events[0][1] == [new, serial(old["ca.crt"]), serial(other.cert_pem)]
     # Once the Secret holds this replica's CA, the other one lost its compare-and-swap and never serves its own.
@@ -276,7 +270,7 @@ def test_stopping_while_settling_leaves_the_secret_alone() -> None:
     old = plan_bundle({}, HOSTS, 90 * DAY)
     assert old is not None
     cluster = FakeCluster({**old, "ca.crt": b"garbage"}, old["ca.crt"])
-    rotator(cluster, stopping=True).reconcile()  # type: ignore[attr-defined]
+    rotator(cluster, stopping=True).reconcile()
     assert [kind for kind, _ in cluster.events] == ["caBundle", "wait"]
     assert cluster.secret_data()["ca.crt"] == b"garbage"
 

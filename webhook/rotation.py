@@ -157,7 +157,8 @@ class CertRotator:
             if bundle["ca.crt"] != data.get("ca.crt"):
                 # Keep trusting every CA that is trusted now (the Secret's old CA and what the caBundle holds):
                 # a replica may serve a certificate signed by any of them until its volume updates.
-                previous = _valid_pems([data.get("ca.crt", b""), self._trusted_bundle()])[:MAX_PREVIOUS_CAS]
+                trusted = b"".join(self._bundles())
+                previous = _valid_pems([data.get("ca.crt", b""), trusted])[:MAX_PREVIOUS_CAS]
                 if previous:
                     bundle["ca-previous.crt"] = b"".join(previous)
                 self._inject_ca(trusted_cas(bundle), keep_current=True)
@@ -188,28 +189,28 @@ class CertRotator:
         wanted = _valid_pems([ca_pem])
         return all(p in _valid_pems([bundle]) for bundle in self._bundles() for p in wanted)
 
-    def _trusted_bundle(self) -> bytes:
-        """Every CA the webhook configuration trusts now, as one PEM bundle."""
-        return b"".join(self._bundles())
+    def _configurations(self) -> list[tuple[str, str]]:
+        """The webhook configurations whose caBundle is kept: (kind, name), the validating one only if configured."""
+        kinds = [("mutating", self.settings.webhook_config_name)]
+        if self.settings.validating_config_name:
+            kinds.append(("validating", self.settings.validating_config_name))
+        return kinds
 
     def _bundles(self) -> list[bytes]:
-        """Each webhook's caBundle (PEM), in the mutating and, if configured, the validating configuration."""
-        configs = [self._admission.read_mutating_webhook_configuration(self.settings.webhook_config_name)]
-        if self.settings.validating_config_name:
-            configs.append(self._admission.read_validating_webhook_configuration(
-                self.settings.validating_config_name))
+        """Each webhook's caBundle (PEM), in every configuration kept."""
+        configs = [getattr(self._admission, f"read_{kind}_webhook_configuration")(name)
+                   for kind, name in self._configurations()]
         return [base64.b64decode(hook.client_config.ca_bundle or "") for c in configs for hook in c.webhooks or []]
 
     def _inject_ca(self, ca_pem: bytes, keep_current: bool = False) -> None:
-        """Write the caBundle into the mutating (and, if configured, the validating) webhook configuration.
+        """Write the caBundle into every configuration kept.
 
         `keep_current` adds to what each webhook trusts instead of replacing it: used while a new CA waits to be
         served, so two replicas rotating at once cannot take each other's candidate out (the loser's is removed
         by the next plain injection, once the Secret says which CA won).
         """
-        self._inject_into("mutating", self.settings.webhook_config_name, ca_pem, keep_current)
-        if self.settings.validating_config_name:
-            self._inject_into("validating", self.settings.validating_config_name, ca_pem, keep_current)
+        for kind, name in self._configurations():
+            self._inject_into(kind, name, ca_pem, keep_current)
 
     def _inject_into(self, kind: str, name: str, ca_pem: bytes, keep_current: bool) -> None:
         from kubernetes.client.exceptions import ApiException
