@@ -6,32 +6,15 @@
 # and use `python:3.11-slim-bookworm@sha256:<digest>` in both stages (it could not be resolved where this was
 # written: no registry access).
 
-# ---- build: the webhook as a mypyc-compiled wheel, and wheels for every dependency (the compiler stays here) ----
+# ---- build: wheels for the webhook and every dependency (pure Python package: no compiler needed) ----
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-# A C compiler for the extension modules (Python's headers come with the base image). DL3008 (pin apt versions):
-# this stage is discarded, nothing of it but the wheels reaches the image, and Debian replaces exact versions in
-# point releases, so pins would break the build rather than make it reproducible.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
-# mypy provides mypyc, which writes the C code that ships: pinned, like the setuptools that builds the wheel and the
-# stubs mypy reads (the same types as in development).
-RUN pip install mypy==2.4.1 setuptools==84.2.1 types-PyYAML==6.0.12.20261122
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY webhook ./webhook
-# mypyc compiles against the dependencies' types, as mypy checks them in development, so they are installed here
-# first: the package itself (pure Python at this point) only pulls them in and is removed again.
-RUN pip install --no-build-isolation . \
-    && pip uninstall --yes workload-identity-webhook
-# 1: the modules listed in pyproject.toml [tool.wi-webhook.compiled] become extension modules (see setup.py);
-# `--build-arg WI_WEBHOOK_COMPILE=0` builds the pure Python image instead. Dependencies come as wheels from PyPI.
-ARG WI_WEBHOOK_COMPILE=1
-RUN pip wheel --no-build-isolation . -w /wheels
+RUN pip wheel . -w /wheels
 
 # ---- runtime: only the wheels, installed offline; no build tools, no pip cache ----
 FROM python:3.11-slim-bookworm

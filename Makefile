@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit bench compiled-wheel clean
+.PHONY: setup demo test lint unit bench clean
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47 $(PY) hack/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check setup.py webhook tests hack bench examples
+	$(VENV)/bin/ruff check webhook tests hack bench examples
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, type-check, unit, server and end-to-end tests against a real kube-apiserver
@@ -31,10 +31,6 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
-
-# The optional mypyc-compiled wheel (see setup.py and README "Compiled build") into dist/; the checkout stays pure.
-compiled-wheel: $(STAMP)
-	WI_WEBHOOK_COMPILE=1 $(PY) -m pip wheel --no-build-isolation --no-deps . -w dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
