@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -86,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes sharing the webhook port (SO_REUSEPORT), each with its own cache")
-    serve.add_argument("--decision-cache-size", type=int, default=512,
-                       help="identical pods (a ReplicaSet scale-up) remembered per worker with their decision; "
-                            "0 turns this off")
+    serve.add_argument("--decision-cache-size", type=int, default=None,
+                       help="deprecated and ignored: the remembered-decision cache was removed (accepted so that "
+                            "existing extraArgs keep working)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--worker-state-dir", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--shutdown-delay", type=float, default=0.0,
@@ -213,7 +214,6 @@ def _api_client(kubeconfig: str | None) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from webhook.decisions import DecisionCache
     from webhook.handler import AdmissionHandler
     from webhook.metrics import Metrics
     from webhook.server import serve
@@ -252,8 +252,9 @@ def run_serve(args: argparse.Namespace) -> int:
                                         client_factory=lambda: _api_client(options.kubeconfig))
         if not options.disable_cert_rotation and not options.worker_index:
             rotator = _rotator(api, options)  # with --workers, only worker 0 rotates
-    handler = AdmissionHandler(_config(options, native), source, metrics, policy,
-                               DecisionCache(max_entries=options.decision_cache_size))
+    if args.decision_cache_size is not None:
+        logging.getLogger("webhook").warning("--decision-cache-size is deprecated and ignored")
+    handler = AdmissionHandler(_config(options, native), source, metrics, policy)
     run_event_loop(serve(options, handler, rotator=rotator), options.event_loop)
     return 0
 

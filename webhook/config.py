@@ -131,7 +131,6 @@ class ServeOptions(WebhookOptions):
     cert_check_interval: float = Field(default=2.0, gt=0, le=3600)
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     workers: int = Field(default=1, ge=1, le=64)
-    decision_cache_size: int = Field(default=512, ge=0, le=100_000)
     worker_index: int | None = Field(default=None, ge=0)
     worker_state_dir: str | None = None
     disable_cert_rotation: bool = False

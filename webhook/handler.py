@@ -1,9 +1,8 @@
 """The per-request admission path: parse the AdmissionReview, find the pod's ServiceAccount, call the pure core,
 record metrics and logs, answer.
 
-Kept apart from the HTTP server (webhook/server.py) so that the compiled build compiles it along with the core: the
-glue around the core runs for every review too. Nothing is logged above debug on success; every denial is logged
-with its reason.
+Kept apart from the HTTP server (webhook/server.py), so that tests and benchmarks can call it in process. Nothing is
+logged above debug on success; every denial is logged with its reason.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from webhook.admission import ReviewRequest, parse_review, response_body, review_response
+from webhook.admission import ReviewRequest, parse_review, review_response
 from webhook.config import MutationConfig
-from webhook.decisions import Answer, DecisionCache, Remembered
 from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
-from webhook.mutation import Denial, MutationResult, PodShapeError, bad_pod, pod_ref, shape_denial
+from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref, shape_denial
 from webhook.policy import Decision, Finding, Mode, admit, check_service_account, enforce_denial
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ServiceAccountSource
@@ -33,66 +31,47 @@ class AdmissionHandler:
     source: ServiceAccountSource
     metrics: Metrics = field(default_factory=Metrics)
     policy: PolicyFile = field(default_factory=lambda: PolicyFile(None))
-    decisions: DecisionCache = field(default_factory=DecisionCache)
 
     async def review(self, body: bytes) -> bytes:
         """Answer one AdmissionReview body; raises BadReview for bodies that are not one (HTTP 400)."""
         started = time.perf_counter()
         request = parse_review(body)
-        answer = await self._answer(body, request)
-        decision = answer.decision
+        decision = await self._decide(request)
+        result = decision.result
+        outcome = _outcome(result)
         if decision.findings:
             self._record(decision.findings, request.uid, request.namespace, _pod_name(request.pod))
-        if decision.result.denial is not None:
+        if result.denial is not None:
             log.warning("pod denied", extra={"uid": request.uid, "namespace": request.namespace,
-                                            "pod": _pod_name(request.pod), "reason": decision.result.denial.reason,
-                                            "error": decision.result.denial.message, "dry-run": request.dry_run})
+                                            "pod": _pod_name(request.pod), "reason": result.denial.reason,
+                                            "error": result.denial.message, "dry-run": request.dry_run})
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace,
-                                             "pod": _pod_name(request.pod), "decision": answer.outcome,
-                                             "containers": decision.result.injected_containers,
-                                             "skipped": decision.result.skipped_containers})
-        body_out = response_body(request, answer.tail)
-        elapsed = time.perf_counter() - started
-        self._observe(answer.outcome, request.namespace, elapsed)
-        return body_out
+                                             "pod": _pod_name(request.pod), "decision": outcome,
+                                             "containers": result.injected_containers,
+                                             "skipped": result.skipped_containers})
+        reply = review_response(request, result, decision.warnings, decision.audit_annotations)
+        self.metrics.admission.of(outcome, request.namespace).observe(time.perf_counter() - started)
+        return reply
 
-    def _observe(self, outcome: str, namespace: str, elapsed: float) -> None:
-        """Per-request metrics: plain numbers (webhook/stats.py), exported at scrape time."""
-        self.metrics.admission.of(outcome, namespace).observe(elapsed)
-
-    async def _answer(self, body: bytes, request: ReviewRequest) -> Answer:
-        """The decision for this pod: remembered when an identical pod met the very same inputs (see
-        webhook/decisions.py), computed by the pure core otherwise."""
-        pod, namespace = request.pod, request.namespace
-        key = self.decisions.key(body, request.uid, namespace, pod)
-        entry = self.decisions.get(key) if key is not None else None
-        if entry is not None:
-            ref = entry.ref  # the same review bytes (but for the masks) and namespace: the same ref
-        else:
-            try:
-                ref = pod_ref(pod, namespace, False)  # the env and mount entries are checked by mutate_pod's pass
-            except PodShapeError as exc:  # the full check names the first offending field (maybe an entry)
-                return Answer.of(Decision(MutationResult(denial=bad_pod(pod) or shape_denial(exc))))
+    async def _decide(self, request: ReviewRequest) -> Decision:
+        """Check the pod's shape, find its ServiceAccount (cache first), then let the pure core decide."""
+        pod = request.pod
+        try:
+            ref = pod_ref(pod, request.namespace)
+        except PodShapeError as exc:
+            return Decision(MutationResult(denial=shape_denial(exc)))
         lookup = self.source.cached(ref.namespace, ref.service_account)
         if lookup is None:
             lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
-            # A malformed pod is denied as such first, as when every field is checked before the lookup.
-            return Answer.of(Decision(MutationResult(denial=bad_pod(pod) or Denial(
+            return Decision(MutationResult(denial=Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
                 "(the API server could not be reached in time; retry the request)",
-                reason="ServiceAccountLookupFailed", code=500))))
+                reason="ServiceAccountLookupFailed", code=500)))
         policy = self.policy.current
         namespace_info = await self.source.namespace(ref.namespace) if policy.namespace_overrides else None
-        if entry is not None and entry.valid_for(lookup.sa, namespace_info, policy, self.config):
-            self.metrics.decision_cache_hits.inc()
-            return entry.answer
-        answer = Answer.of(admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref))
-        if key is not None and lookup.source == "cache" and lookup.sa is not None:
-            self.metrics.decision_cache_misses.inc()
-            self.decisions.put(key, Remembered(ref, lookup.sa, namespace_info, policy, self.config, answer))
-        return answer
+        return admit(pod, ref.namespace, lookup.sa, self.config, policy, namespace_info, ref)
 
     def _record(self, findings: list[Finding], uid: str, namespace: str, name: str) -> None:
         for finding in findings:
@@ -116,6 +95,13 @@ class AdmissionHandler:
             result = MutationResult(denial=enforce_denial(findings))
         decision = Decision(result, findings)
         return review_response(request, result, decision.warnings, decision.audit_annotations)
+
+
+def _outcome(result: MutationResult) -> str:
+    """The `decision` label of the admission metrics (`error` is the server's, for a review it could not answer)."""
+    if result.denial is not None:
+        return "denied"
+    return "mutated" if result.patch else "skipped"
 
 
 def _pod_name(pod: object) -> str:

@@ -22,12 +22,9 @@ DURATION_HELP = "Time to answer an admission review."
 REFERENCE_HELP = "Reference-compatible mutation latency (seconds) by namespace."
 _LE = [floatToGoString(bound) for bound in REFERENCE_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
 SA_LOOKUPS = "wi_webhook_serviceaccount_lookups"
-DECISION_CACHE = "wi_webhook_decision_cache"
 # The counters kept in AdmissionStats.counters: name -> (help, label name).
 COUNTERS = {
     SA_LOOKUPS: ("ServiceAccount lookups by where the answer came from (cache, live, missing, error).", "source"),
-    DECISION_CACHE: ("Reviews answered from a remembered decision for an identical pod (hit) or computed and "
-                     "remembered (miss).", "result"),
 }
 
 
@@ -94,8 +91,6 @@ class Metrics:
                                   registry=self.registry, multiprocess_mode="livemin")
         self.watch_errors = Counter("wi_webhook_serviceaccount_watch_errors",
                                     "Failed list/watch calls against the API server.", registry=self.registry)
-        self.decision_cache_hits = self.admission.counter(DECISION_CACHE, "hit")
-        self.decision_cache_misses = self.admission.counter(DECISION_CACHE, "miss")
         self.findings = Counter("wi_webhook_policy_findings", "Policy findings by rule and mode.",
                                 ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",

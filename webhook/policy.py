@@ -11,7 +11,7 @@ Namespace overrides: labels (or annotations) `wi-webhook/enforce`, `wi-webhook/w
 (e.g. `wi-webhook/enforce: WI001.WI002`; `all` means every rule).
 
 The rule table is in webhook/rules.py and the policy file's schema in webhook/policyschema.py (re-exported here);
-this module holds only what runs per request, so the compiled build can compile it.
+this module holds what runs per request.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from webhook.constants import (
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
 )
-from webhook.memo import IdentityMemo
 from webhook.mutation import (
     Denial,
     MutationResult,
@@ -131,7 +130,8 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     if skip:
         containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
         names = {c.get("name", "") for c in containers} | _WEBHOOK_CONTAINERS
-        for missing in sorted(skip - names):
+        # An empty entry ("sidecar;") is the reference's way to skip unnamed containers, not a misspelt name.
+        for missing in sorted(skip - names - {""}):
             found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
                                    "this pod", missing))
     low, high = facts.expiration_bounds
@@ -145,11 +145,11 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _AccountFacts:
     """What the checks derive from the ServiceAccount, config, policy and namespace alone: the ServiceAccount's
     findings (WI001-WI004), the env values the webhook injects (only the non-empty ones, which are the ones WI005
-    compares), and the policy's answers for WI007 and WI008 (read once: the policy is a pydantic model)."""
+    compares), and the policy's answers for WI007 and WI008."""
 
     findings: tuple[tuple[str, str, str], ...]
     wanted: Mapping[str, str]
@@ -157,8 +157,7 @@ class _AccountFacts:
     namespace_forbidden: bool
 
 
-def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy,
-                           namespace: str) -> _AccountFacts:
+def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy, namespace: str) -> _AccountFacts:
     found: list[tuple[str, str, str]] = []
     who = f"ServiceAccount {namespace}/{sa.name}"
     client_id = sa.annotations.get(CLIENT_ID_ANNOTATION, "")
@@ -181,27 +180,15 @@ def _compute_account_facts(sa: ServiceAccountInfo, config: MutationConfig, polic
     return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v}, (bounds.min, bounds.max), forbidden)
 
 
-_facts: IdentityMemo[_AccountFacts] = IdentityMemo()
-
-
-def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy, namespace: str) -> _AccountFacts:
-    """Memoised per (ServiceAccount, config, policy) object and namespace: see webhook/memo.py."""
-    known = _facts.get((sa, config, policy), namespace)
-    if known is not None:
-        return known
-    return _facts.put((sa, config, policy), namespace, _compute_account_facts(sa, config, policy, namespace))
-
-
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}
 
 
+@dataclass
 class Decision:
-    """What the webhook answers: the mutation, or a denial, plus findings turned into warnings/audit entries.
-    (A plain class: one is made per review; see webhook.decisions.Answer.)"""
+    """What the webhook answers: the mutation, or a denial, plus findings turned into warnings/audit entries."""
 
-    def __init__(self, result: MutationResult, findings: list[Finding] | None = None) -> None:
-        self.result = result
-        self.findings: list[Finding] = [] if findings is None else findings
+    result: MutationResult
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def denial(self) -> Denial | None:
