@@ -20,7 +20,7 @@ class BadReview(ValueError):
     """The body is not an AdmissionReview we can answer; becomes HTTP 400 with this message."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReviewRequest:
     """The envelope fields of a request, and its object (`pod`: the raw JSON, checked by the mutation core)."""
 

@@ -235,8 +235,9 @@ class _ContainerInjector:
         missing = [{"name": name, "value": value} for name, value in self._env if name not in present]
         if current is None and missing:
             patch.append({"op": "add", "path": f"{path}/env", "value": missing})
-        else:
-            patch.extend({"op": "add", "path": f"{path}/env/-", "value": entry} for entry in missing)
+        elif missing:
+            append_path = f"{path}/env/-"
+            patch.extend([{"op": "add", "path": append_path, "value": entry} for entry in missing])
 
         mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:

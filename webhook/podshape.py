@@ -81,7 +81,10 @@ def bad_pod(pod: Any) -> Denial | None:
 
 def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = ()) -> None:
     """`where` must be absent/null or a list of objects whose `name` is a string, null or absent; each object's
-    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself."""
+    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself.
+
+    The path of an entry is only formatted for an error: a pod has dozens of env entries, each checked per review.
+    """
     if items is None:
         return
     if not isinstance(items, list):
@@ -89,7 +92,9 @@ def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = ()) -
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise PodShapeError(f"{where}[{index}] must be an object")
-        _check_optional_string(item.get("name"), f"{where}[{index}].name")
+        name = item.get("name")
+        if name is not None and not isinstance(name, str):
+            raise PodShapeError(f"{where}[{index}].name must be a string")
         for key in nested:
             _check_named_objects(item.get(key), f"{where}[{index}].{key}")
 
