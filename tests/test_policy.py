@@ -1,4 +1,4 @@
-"""Policy rules WI001-WI010, modes, namespace overrides, the policy file, and the combined admission decision."""
+"""Policy rules WI001-WI013, modes, namespace overrides, the policy file, and the combined admission decision."""
 
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def test_policy_file_errors_name_the_key() -> None:
 
 
 def test_rule_catalogue_is_complete() -> None:
-    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 11)]
+    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 14)]
     assert all(rule.fix for rule in RULES.values())
 
 
