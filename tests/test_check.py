@@ -216,3 +216,86 @@ def test_check_needs_input(capsys: pytest.CaptureFixture[str], monkeypatch: pyte
     assert "-f PATH" in capsys.readouterr().err
     assert main(["check", "--cluster"]) == 2
     assert "--kubeconfig" in capsys.readouterr().err
+
+
+def test_text_locations_are_lines_not_document_indexes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {}}}
+    path = tmp_path / "in.yaml"
+    path.write_text("# Source: chart/templates/sa.yaml\n---\n" + yaml.safe_dump(sa) + "---\n"
+                    + yaml.safe_dump(workload("Deployment")))
+    sa_lines = yaml.safe_dump(sa).count("\n")
+    assert main(["check", "-f", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}:{3 + sa_lines + 1} Deployment/team-a/w - WI001 warn")
+    assert main(["check", "-f", str(path), "-o", "junit"]) == 0
+    names = {c.get("name") for c in ET.fromstring(capsys.readouterr().out.split("\n", 1)[1]).iter("testcase")}
+    assert names == {f"{path}:3 api", f"{path}:{3 + sa_lines + 1} w"}
+
+
+def test_summary_counts_workloads_in_plain_words(check: Any) -> None:
+    code, out, _ = check([workload("Deployment"), workload("Job", name="j"), SA])
+    assert code == 0 and out.splitlines()[-1] == "2 workloads checked: 2 injected, 0 denied, 0 warnings, 0 findings"
+    code, out, _ = check([workload("Deployment"), SA], "-o", "json")
+    assert json.loads(out)["summary"] == {"workloads": 1, "injected": 1, "denied": 0, "warnings": 0}
+
+
+@pytest.mark.parametrize("docs", [[], [None], [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]])
+def test_nothing_to_check_exits_2_unless_allowed(check: Any, docs: list[Any]) -> None:
+    code, out, err = check(docs)
+    assert code == 2 and out == "" and "nothing to check in" in err and "--allow-empty" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = check(docs, "--allow-empty")
+    assert code == 0 and out.startswith("0 workloads checked")
+
+
+def test_empty_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    (tmp_path / "empty").mkdir()
+    assert main(["check", "-f", str(tmp_path / "empty")]) == 2
+    assert "nothing to check" in capsys.readouterr().err
+
+
+def test_service_accounts_alone_are_something_to_check(check: Any) -> None:
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {f"{WI}/client-id": "typo"}}}
+    code, out, _ = check([sa])
+    assert code == 0 and "WI002 warn" in out
+
+
+def test_wi009_says_where_it_looked_and_how_to_fix(check: Any, tmp_path: Path) -> None:
+    (tmp_path / "sas").mkdir()
+    code, out, _ = check([workload("Deployment")], "--objects", str(tmp_path / "sas"))
+    line = out.splitlines()[0]
+    assert code == 1 and "WI009 enforce ServiceAccount team-a/api not found" in line
+    assert f"looked in the input, --objects {tmp_path / 'sas'}" in line
+    assert "fix: create the ServiceAccount" in line
+
+
+@pytest.mark.parametrize(("mode", "code", "found"), [("enforce", 1, ["WI011 enforce"]), ("off", 0, []),
+                                                     ("audit", 0, ["WI011 audit"])])
+def test_label_rule_mode_comes_from_the_policy(check: Any, tmp_path: Path, mode: str, code: int,
+                                               found: list[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"modes: {{WI011: {mode}}}\n")
+    job = workload("Job", template={"metadata": {}, "spec": TEMPLATE["spec"]})
+    job["metadata"]["labels"] = {f"{WI}/use": "true"}
+    got, out, err = check([job, SA], "--policy", str(policy))
+    assert err == ""
+    assert got == code and [" ".join(x.split()[3:5]) for x in out.splitlines()[:-1]] == found
+
+
+def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
+    from tests.support import pod as make_pod
+    from webhook.check import check_running_pods
+    from webhook.policy import NamespaceInfo, parse_policy
+
+    plain = make_pod("plain")
+    report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"WI013": "enforce"}}))
+    assert [(f.rule, f.mode) for f in report.findings] == [("WI013", "enforce")] and report.exit_code() == 1
+    report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"not-injected": "off"}}))
+    assert report.findings == [] and report.exit_code() == 0
+    labelled = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI013"})
+    report = check_running_pods([plain], lambda ns, name: None, None, lambda name: labelled)
+    assert [f.mode for f in report.findings] == ["enforce"]

@@ -68,7 +68,10 @@ def reaching(api: Any, kubeconfig: str | None, action: str) -> Iterator[None]:
 
 
 def _short(reason: object) -> str:
-    """urllib3's reasons repeat the connection object's repr; keep the part after it."""
+    """urllib3's reasons repeat the connection object's repr; keep what went wrong ("[Errno 111] Connection
+    refused", "timed out")."""
     text = str(reason)
-    marker = ">: "
-    return text.split(marker, 1)[1] if marker in text else text
+    for marker in ("Failed to establish a new connection: ", ">: ", "): "):
+        if marker in text:
+            return text.split(marker, 1)[1]
+    return text
