@@ -136,7 +136,7 @@ def test_wi008_namespace_rules() -> None:
 
 
 def test_wi009_missing_service_account_always_enforced() -> None:
-    with pytest.raises(PolicyError, match="modes.WI009: WI009's mode is fixed at enforce"):
+    with pytest.raises(PolicyError, match=r"modes\.WI009: WI009's mode is fixed at enforce"):
         parse_policy({"modes": {"WI009": "off"}})
     namespace = NamespaceInfo("ns", labels={"wi-webhook/off": "all"})
     decision = admit(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "enforce"}}),
@@ -267,5 +267,5 @@ def test_unquoted_yaml_off_means_off() -> None:
     import yaml
 
     assert parse_policy(yaml.safe_load("modes: {WI001: off, WI010: Off}")).mode_for("WI001") is Mode.OFF
-    with pytest.raises(PolicyError, match="modes.WI001: True is not a mode"):
+    with pytest.raises(PolicyError, match=r"modes\.WI001: True is not a mode"):
         parse_policy(yaml.safe_load("modes: {WI001: on}"))
