@@ -74,3 +74,19 @@ def test_mutate_malformed_pod_exits_2(capsys: pytest.CaptureFixture[str], tmp_pa
     bad.write_text("kind: Pod\nmetadata: [1]\nspec: {}\n")
     assert main(["mutate", "-f", str(bad), "--objects", SAS]) == 2
     assert "metadata must be an object" in capsys.readouterr().err
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_: object) -> int:
+        raise RuntimeError("spec\nmore")
+
+    monkeypatch.setattr("webhook.cli.run_mutate", broken)
+    assert main(["mutate", "-f", POD]) == 2
+    err = capsys.readouterr().err
+    assert err == ("wi-webhook: mutate: unexpected error: RuntimeError: spec more (run again with --debug for the "
+                   "traceback, and please report it)\n")
+    with pytest.raises(RuntimeError):
+        main(["--debug", "mutate", "-f", POD])
+    with pytest.raises(RuntimeError):
+        main(["mutate", "-f", POD, "--debug"])

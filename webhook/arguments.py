@@ -144,12 +144,12 @@ def build_parser() -> Parser:
 
     certs_parser = commands.add_parser("certs", help="certificate helpers (certs generate)")
     certs = certs_parser.add_subparsers(dest="certs_command", required=True, title="commands", metavar="COMMAND")
-    generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service")
     generate.add_argument("--service", default="azure-wi-webhook-webhook-service",
-                          help="the webhook's Service name; the certificate is issued for <service>.<namespace>.svc")
+                          help="the webhook's Service name; the certificate is issued for <service>.<namespace>.svc "
+                               "(default: %(default)s)")
     generate.add_argument("--namespace", default="azure-workload-identity-system",
-                          help="the namespace of that Service")
+                          help="the namespace of that Service (default: %(default)s)")
     generate.add_argument("--host", action="append", default=[], help="extra DNS name or IP (repeatable)")
     generate.add_argument("--out", required=True, help="directory for ca.crt, ca.key, tls.crt, tls.key")
 

@@ -94,6 +94,16 @@ class Report:
                 "warnings": self.warnings}
 
 
+def require_object_metadata(manifests: Iterable[Manifest]) -> None:
+    """ServiceAccounts and Namespaces are read into look-up tables before anything is checked: one whose metadata
+    is not a mapping is an input error naming the file and line, not a crash."""
+    for manifest in manifests:
+        kind = manifest.obj.get("kind")
+        if kind in ("ServiceAccount", "Namespace") and not isinstance(manifest.obj.get("metadata") or {}, dict):
+            raise CheckInputError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, {kind}): "
+                                  "metadata must be a mapping")
+
+
 def _name(obj: dict[str, Any]) -> str:
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):

@@ -23,7 +23,7 @@ from webhook.kubeclient import REQUEST_TIMEOUT, api_client, reaching
 from webhook.manifests import ManifestError, load
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import StaticServiceAccounts
-from webhook.usage import UsageError
+from webhook.usage import UsageError, one_line, require_stdin
 
 
 def run_check_command(args: argparse.Namespace, config: MutationConfig | None, policy: PolicyFile,
@@ -76,14 +76,18 @@ def _check_cluster(args: argparse.Namespace, policy: PolicyFile) -> Report:
 
 
 def _check_manifests(args: argparse.Namespace, config: MutationConfig, policy: PolicyFile) -> Report:
-    from webhook.check import CheckInputError, run_check
+    from webhook.check import CheckInputError, require_object_metadata, run_check
 
     namespace = args.namespace or "default"
+    require_stdin(args.filename, "-f")
+    require_stdin(args.objects, "--objects")
     try:
         manifests = load(args.filename)
-        known = StaticServiceAccounts.from_manifests([*manifests, *load(args.objects)], namespace)
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+        every = [*manifests, *load(args.objects)]
+        require_object_metadata(every)
+        known = StaticServiceAccounts.from_manifests(every, namespace)
+    except (ManifestError, CheckInputError) as exc:
+        raise UsageError(one_line(exc)) from None
     find_sa, find_namespace = known.lookup, known.namespace_now
     searched = ["the input"] + [f"--objects {path}" for path in args.objects]
     if args.kubeconfig:

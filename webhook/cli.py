@@ -40,7 +40,7 @@ from webhook.mutation import pod_ref
 from webhook.policy import PolicyError, admit
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ClusterServiceAccounts, ServiceAccountSource, StaticServiceAccounts
-from webhook.usage import UsageError
+from webhook.usage import UsageError, one_line, require_stdin
 
 __all__ = ["UsageError", "main", "package_version", "parse_server_version"]
 
@@ -78,10 +78,15 @@ def _policy(options: WebhookOptions) -> PolicyFile:
 
 
 def _static_source(paths: Sequence[str]) -> StaticServiceAccounts:
+    from webhook.check import CheckInputError, require_object_metadata
+
+    require_stdin(list(paths), "--objects")
     try:
-        return StaticServiceAccounts.from_manifests(load(paths))
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+        manifests = load(paths)
+        require_object_metadata(manifests)
+        return StaticServiceAccounts.from_manifests(manifests)
+    except (ManifestError, CheckInputError) as exc:
+        raise UsageError(one_line(exc)) from None
 
 
 def parse_server_version(git_version: str) -> tuple[int, int]:
@@ -218,10 +223,11 @@ def run_mutate(args: argparse.Namespace) -> int:
     config = _config(options, native_sidecar=options.native_sidecar == "true")
     policy = _policy(options).current
     source = _static_source(args.objects)
+    require_stdin(args.filename, "-f")
     try:
         manifests = load(args.filename)
     except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(one_line(exc)) from None
     pods = [m for m in manifests if m.obj.get("kind") == "Pod"]
     if not pods:
         raise UsageError(f"no Pod found in {', '.join(args.filename)} (mutate renders Pods)")

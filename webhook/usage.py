@@ -10,3 +10,17 @@ from __future__ import annotations
 class UsageError(Exception):
     """Bad input or configuration: printed as `wi-webhook: <message>` with exit code 2. The message names the
     file, flag or server at fault and says how to fix it."""
+
+
+def one_line(message: object) -> str:
+    """A message from a library (a YAML parser's, an OS error's) on one line, as CI logs show them best."""
+    return " ".join(str(message).split())
+
+
+def require_stdin(paths: object, flag: str) -> None:
+    """`-f -` with no standard input (closed, or detached as in some CI runners) is a usage error, not a crash."""
+    import sys
+
+    if isinstance(paths, list) and "-" in paths and (sys.stdin is None or sys.stdin.closed):
+        raise UsageError(f"{flag} -: there is no standard input to read manifests from; pipe them in (helm template "
+                         f". | wi-webhook ... {flag} -) or pass a file or directory")
