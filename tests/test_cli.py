@@ -90,3 +90,25 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys: pytest.CaptureFixtu
         main(["--debug", "mutate", "-f", POD])
     with pytest.raises(RuntimeError):
         main(["mutate", "-f", POD, "--debug"])
+
+
+def test_environment_failures_nobody_caught_are_described_not_reported_as_bugs(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    def unreachable(_: object) -> int:
+        raise MaxRetryError(None, "/version", NewConnectionError(None, "[Errno 111] Connection refused"))  # type: ignore[arg-type]
+
+    monkeypatch.setattr("webhook.cli.run_mutate", unreachable)
+    assert main(["mutate", "-f", POD]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wi-webhook: mutate: the Kubernetes API server is not reachable (")
+    assert "Connection refused" in err and "--kubeconfig" in err and "please report" not in err
+
+    def disk_full(_: object) -> int:
+        raise OSError(28, "No space left on device", "/out/tls.key")
+
+    monkeypatch.setattr("webhook.cli.run_mutate", disk_full)
+    assert main(["mutate", "-f", POD]) == 2
+    assert capsys.readouterr().err == "wi-webhook: mutate: No space left on device (/out/tls.key) (--debug shows the " \
+                                      "traceback)\n"

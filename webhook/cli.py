@@ -323,10 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an error nobody foresaw: one line (exit 2: the command could not run)
         if args.debug:
             raise
-        text = " ".join(str(exc).split()) or "(no message)"
-        print(f"wi-webhook: {args.command}: unexpected error: {type(exc).__name__}: {text[:500]} (run again with "
-              "--debug for the traceback, and please report it)", file=sys.stderr)
+        print(f"wi-webhook: {args.command}: {_unforeseen(exc)}", file=sys.stderr)
         return 2
+
+
+def _unforeseen(exc: Exception) -> str:
+    """One line for an error no code path turned into a UsageError. The environment's failures (the API server
+    unreachable, an OS error) are described as such; anything else is a bug to report."""
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, HTTPError):
+        reason = one_line(getattr(exc, "reason", None) or exc)
+        return (f"the Kubernetes API server is not reachable ({reason[:300]}); check --kubeconfig (or $KUBECONFIG) "
+                "and that the cluster is running (--debug shows the traceback)")
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where} (--debug shows the traceback)"
+    return (f"unexpected error: {type(exc).__name__}: {one_line(exc)[:500] or '(no message)'} (run again with "
+            "--debug for the traceback, and please report it)")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
