@@ -22,7 +22,10 @@ from webhook.cli import main
 from webhook.constants import INJECTED_ENV_NAMES
 
 WI = "azure.workload.identity"
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROOT = Path(__file__).resolve().parent.parent
+POD = str(ROOT / "examples/demo/pod.yaml")
+SAS = str(ROOT / "examples/demo/serviceaccounts.yaml")
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**31), 2**31), st.text(max_size=12),
                     st.sampled_from(["true", "default", "sa", f"{WI}/use", f"{WI}/client-id", "enforce", "off",
@@ -85,25 +88,44 @@ def kubeconfigs(directory: Path, port: int) -> list[str]:
     return paths
 
 
-FLAGS = ["-f", "--filename", "--objects", "--policy", "--kubeconfig", "-o", "--output", "-n", "--namespace",
-         "--log-level", "--native-sidecar", "--status-annotation", "--audience", "--show-mutated",
-         "--warnings-as-errors", "--allow-empty", "--cluster", "--custom-token-endpoint-annotation-suffix",
-         "--custom-token-endpoint-audience", "--service", "--host", "--out", "--scope", "--keyvault", "--secret",
-         "--help", "--bogus"]
+COMMON = ["--policy", "--log-level", "--native-sidecar", "--status-annotation", "--audience",
+          "--custom-token-endpoint-annotation-suffix", "--custom-token-endpoint-audience"]
+VALUE_FLAGS = {"check": ["-f", "--objects", "--kubeconfig", "-o", "-n", *COMMON],
+               "mutate": ["-f", "--objects", "-o", "-n", *COMMON],
+               "certs generate": ["--service", "--namespace", "--host", "--out"],
+               "verify": ["--scope", "--keyvault", "--secret", "-o"], "version": [], "certs": [], "": []}
+BOOL_FLAGS = {"check": ["--show-mutated", "--warnings-as-errors", "--allow-empty", "--cluster"]}
+ANY_COMMAND = ["--help", "--bogus", "--debug"]
+FILES = ["MANIFEST", "DIR", "MISSING", "POD", "SAS"]
+VALUES_FOR = {"-f": FILES, "--objects": FILES, "--policy": ["POLICY", "MISSING", "DIR"],
+              "--kubeconfig": ["KUBECONFIG", "MISSING", "DIR"], "-o": ["json", "sarif", "junit", "patch", "yaml"],
+              "-n": ["default", "team-a"], "--log-level": ["", "info", "trace", "loud"],
+              "--native-sidecar": ["auto", "true", "false", "maybe"], "--status-annotation": ["true", "false"],
+              "--out": ["DIR", "MANIFEST", "MISSING"]}
+
+
+def flag_and_value(flag: str) -> st.SearchStrategy[tuple[str, str]]:
+    """A value that makes sense for the flag (a file for -f, a format for -o, ...), or any text."""
+    return st.tuples(st.just(flag), st.sampled_from(VALUES_FOR.get(flag, [""])) | st.text(max_size=10))
+
+
+def command_lines(command: str) -> st.SearchStrategy[tuple[list[str], list[tuple[str, str]], list[str]]]:
+    """A command with a few of its own flags (with fitting values) and maybe a flag-less token."""
+    return st.tuples(st.just(command.split()),
+                     st.lists(st.sampled_from(VALUE_FLAGS[command] or ["--bogus"]).flatmap(flag_and_value),
+                              max_size=4),
+                     st.lists(st.sampled_from([*BOOL_FLAGS.get(command, []), *ANY_COMMAND]), max_size=2)
+                     .filter(lambda tokens: "--debug" not in tokens))
 
 
 @FUZZ
-@given(command=st.sampled_from([["mutate"], ["check"], ["certs", "generate"], ["verify"], ["version"], ["certs"],
-                                []]),
-       tokens=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(["MANIFEST", "POLICY", "DIR", "MISSING",
-                                                                           "KUBECONFIG", "json", "sarif", "junit",
-                                                                           "patch", "yaml", "true", "auto", "info",
-                                                                           ""]),
-                                 st.text(max_size=10)), max_size=10),
-       manifest=documents, policy=policies, kubeconfig_index=st.integers(0, 4))
-def test_any_argv_exits_0_1_or_2_without_an_unexpected_error(command: list[str], tokens: list[str], manifest: str,
-                                                             policy: str, kubeconfig_index: int, closed_port: int,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+@given(line=st.sampled_from(["check", "check", "check", "mutate", "mutate", "certs generate", "verify", "version",
+                             "certs", ""]).flatmap(command_lines),
+       inputs=st.booleans(), manifest=documents, policy=policies, kubeconfig_index=st.integers(0, 4))
+def test_any_argv_exits_0_1_or_2_without_an_unexpected_error(
+        line: tuple[list[str], list[tuple[str, str]], list[str]], inputs: bool, manifest: str, policy: str,
+        kubeconfig_index: int, closed_port: int, capsys: pytest.CaptureFixture[str]) -> None:
+    command, pairs, tokens = line
     with tempfile.TemporaryDirectory(prefix="wi-cli-fuzz-") as tmp:
         directory = Path(tmp)
         (directory / "manifest.yaml").write_text(manifest)
@@ -112,9 +134,13 @@ def test_any_argv_exits_0_1_or_2_without_an_unexpected_error(command: list[str],
         kubeconfig = kubeconfigs(directory, closed_port)[kubeconfig_index]
         substitutions = {"MANIFEST": str(directory / "manifest.yaml"), "POLICY": str(directory / "policy.yaml"),
                          "DIR": str(directory / "dir"), "MISSING": str(directory / "missing"),
-                         "KUBECONFIG": kubeconfig}
-        argv = [*command, *(substitutions.get(t, t) for t in tokens)]
-        if "--out" in argv and argv[-1] == "--out":
+                         "KUBECONFIG": kubeconfig, "POD": POD, "SAS": SAS}
+        # `inputs`: start from a working command line (a real pod and its ServiceAccount), so that the fuzzed
+        # flags reach the code past argument parsing
+        base = ["-f", POD, "--objects", SAS] if inputs and command in (["check"], ["mutate"]) else []
+        flags = [item for flag, value in pairs for item in (flag, value)]
+        argv = [*command, *base, *(substitutions.get(t, t) for t in [*flags, *tokens])]
+        if argv and argv[-1] == "--out":
             argv.append(str(directory / "out"))
         code, err = run(argv, capsys)
     assert code in (0, 1, 2), (argv, err)
