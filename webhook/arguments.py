@@ -40,8 +40,12 @@ class Parser(argparse.ArgumentParser):
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audience", default="", help="token audience (default api://AzureADTokenExchange)")
-    parser.add_argument("--custom-token-endpoint-annotation-suffix", default="")
-    parser.add_argument("--custom-token-endpoint-audience", default="")
+    parser.add_argument("--custom-token-endpoint-annotation-suffix", default="", metavar="SUFFIX",
+                        help="custom token endpoint (identity binding): pods annotated "
+                             "azure.workload.identity/use-SUFFIX get a second token for "
+                             "--custom-token-endpoint-audience")
+    parser.add_argument("--custom-token-endpoint-audience", default="", metavar="AUDIENCE",
+                        help="the audience of that second token (set both or neither)")
     parser.add_argument("--log-level", default="", metavar="LEVEL", help=LOG_LEVEL_HELP)
     parser.add_argument("--native-sidecar", default="auto", help="auto|true|false: proxy as a native sidecar "
                         "(auto: API server >= 1.32; offline: classic)")
@@ -58,18 +62,22 @@ def build_parser() -> Parser:
 
     serve = commands.add_parser("serve", help="run the admission webhook (HTTPS)")
     _common_flags(serve)
-    serve.add_argument("--port", type=int, default=9443)
+    serve.add_argument("--port", type=int, default=9443, help="HTTPS port of the webhook (default: %(default)s)")
     serve.add_argument("--host", default="", help="listen address of the webhook port (default: all)")
-    serve.add_argument("--health-addr", default=":9440")
-    serve.add_argument("--metrics-addr", default=":8095")
-    serve.add_argument("--webhook-cert-dir", default="/certs")
-    serve.add_argument("--tls-min-version", default="1.3")
+    serve.add_argument("--health-addr", default=":9440", metavar="[HOST]:PORT",
+                       help="/healthz and /readyz, plain HTTP (default: %(default)s)")
+    serve.add_argument("--metrics-addr", default=":8095", metavar="[HOST]:PORT",
+                       help="/metrics (Prometheus), plain HTTP (default: %(default)s)")
+    serve.add_argument("--webhook-cert-dir", default="/certs", metavar="DIR",
+                       help="directory with tls.crt and tls.key, reloaded when they change (default: %(default)s)")
+    serve.add_argument("--tls-min-version", default="1.3", help="1.0, 1.1, 1.2 or 1.3 (default: %(default)s)")
     serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
     serve.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
                        help="serve ServiceAccounts from manifests instead of a cluster (repeatable)")
     serve.add_argument("--serviceaccount-lookup-timeout", type=float, default=2.0,
                        help="seconds a cache miss may spend on a live GET before the pod is denied")
-    serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
+    serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024,
+                       help="largest AdmissionReview accepted (default: %(default)s, 8 MiB)")
     serve.add_argument("--metrics-backend", default="prometheus",
                        help="accepted for compatibility with the reference; prometheus is the only backend")
     serve.add_argument("--version", action="store_true", help="print the version and exit (as the reference)")
@@ -117,7 +125,12 @@ def build_parser() -> Parser:
     mutate.add_argument("-n", "--namespace", default="", help="request namespace (default: the pod's, else default)")
     mutate.add_argument("-o", "--output", choices=("yaml", "json", "patch"), default="yaml")
 
-    check = commands.add_parser("check", help="run the webhook's mutation and policy over manifests (for CI)")
+    check = commands.add_parser("check", help="run the webhook's mutation and policy over manifests (for CI)",
+                                description="Run the webhook's mutation and policy over manifests (or, with "
+                                            "--cluster, a cluster's running pods). Exit codes: 0 no enforce finding; "
+                                            "1 an enforce finding or a denial (or a warning with "
+                                            "--warnings-as-errors); 2 the check could not run (bad flag, file, "
+                                            "policy or kubeconfig, unreachable cluster, nothing to check).")
     _common_flags(check)
     check.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
                        help="manifests: file, directory (recursive) or - for stdin (repeatable)")
@@ -129,7 +142,9 @@ def build_parser() -> Parser:
     check.add_argument("--kubeconfig", default=None,
                        help="also look up ServiceAccounts and Namespaces missing from the input in this cluster")
     check.add_argument("-n", "--namespace", default="", help="namespace for objects without one (default: default)")
-    check.add_argument("-o", "--output", choices=("text", "json", "sarif", "junit"), default="text")
+    check.add_argument("-o", "--output", choices=("text", "json", "sarif", "junit"), default="text",
+                       help="text: one `file:LINE kind/namespace/name container rule mode message` line per finding "
+                            "(default); json, sarif (code scanning) or junit (test reports)")
     check.add_argument("--show-mutated", action="store_true", help="also print each workload after injection")
     check.add_argument("--warnings-as-errors", action="store_true", help="exit 1 on warn findings too")
     check.add_argument("--allow-empty", action="store_true",
