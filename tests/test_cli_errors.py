@@ -209,3 +209,16 @@ def test_reading_a_closed_stdin(command: str) -> None:
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60, check=False,
                             env={**base, "AZURE_TENANT_ID": TENANT})
     assert_usage_error(result, "-f -: there is no standard input")
+
+
+def test_a_missing_kubeconfig_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    assert_usage_error(cli("serve", env={"KUBECONFIG": f"{missing}:{missing}2"}),
+                       f"$KUBECONFIG ({missing}:{missing}2): no such file")
+
+
+def test_serve_with_two_listeners_on_one_port(tmp_path: Path) -> None:
+    port = free_port()
+    assert_usage_error(cli("serve", "--objects", SAS, "--webhook-cert-dir", str(tmp_path), "--port", str(free_port()),
+                           "--health-addr", f"127.0.0.1:{port}", "--metrics-addr", f":{port}"),
+                       f"--metrics-addr :{port}: the same port as --health-addr 127.0.0.1:{port}")

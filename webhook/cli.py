@@ -158,7 +158,10 @@ def _check_listen_addresses(options: ServeOptions) -> None:
     wanted = [("--health-addr", options.health_addr, parse_addr(options.health_addr)),
               ("--metrics-addr", options.metrics_addr, parse_addr(options.metrics_addr)),
               ("--port", str(options.port), (options.host, options.port))]
-    for flag, value, (host, port) in wanted:
+    for index, (flag, value, (host, port)) in enumerate(wanted):
+        for other_flag, other_value, (other_host, other_port) in wanted[:index]:
+            if port == other_port and port != 0 and (host == other_host or not host or not other_host):
+                raise UsageError(f"{flag} {value}: the same port as {other_flag} {other_value}; give each its own")
         problem = bind_error(host, port)
         if problem is not None:
             raise UsageError(f"{flag} {value}: {problem}; stop the process using it or choose another address "

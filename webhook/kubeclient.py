@@ -32,7 +32,7 @@ def api_client(kubeconfig: str | None, *, no_cluster_hint: str = "") -> Any:
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
         where = _describe_source(kubeconfig)
-        if not os.path.isfile(os.path.expanduser(path.split(os.pathsep)[0])):
+        if not any(os.path.isfile(os.path.expanduser(part)) for part in path.split(os.pathsep) if part):
             raise UsageError(f"{where}: no such file; pass the path of a kubeconfig file (kubectl config view "
                              "--raw > FILE)")
         try:
