@@ -5,6 +5,7 @@ kubeconfigs only ever point at a closed 127.0.0.1 port."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -142,7 +143,8 @@ def test_any_argv_exits_0_1_or_2_without_an_unexpected_error(
         argv = [*command, *base, *(substitutions.get(t, t) for t in [*flags, *tokens])]
         if argv and argv[-1] == "--out":
             argv.append(str(directory / "out"))
-        code, err = run(argv, capsys)
+        with contextlib.chdir(directory):  # relative paths (`--out x`) land in the temporary directory
+            code, err = run(argv, capsys)
     assert code in (0, 1, 2), (argv, err)
     assert "unexpected error" not in err and "Traceback" not in err, (argv, err)
 
