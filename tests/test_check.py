@@ -229,6 +229,9 @@ def test_text_locations_are_lines_not_document_indexes(tmp_path: Path, capsys: p
     assert main(["check", "-f", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{path}:{3 + sa_lines + 1} Deployment/team-a/w - WI001 warn")
+    assert main(["check", "-f", str(path), "-o", "json"]) == 0
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert (finding["line"], finding["document"]) == (3 + sa_lines + 1, 1)  # document: 0-based, as before
     assert main(["check", "-f", str(path), "-o", "junit"]) == 0
     names = {c.get("name") for c in ET.fromstring(capsys.readouterr().out.split("\n", 1)[1]).iter("testcase")}
     assert names == {f"{path}:3 api", f"{path}:{3 + sa_lines + 1} w"}

@@ -80,7 +80,7 @@ def _policy(options: WebhookOptions) -> PolicyFile:
 def _static_source(paths: Sequence[str]) -> StaticServiceAccounts:
     from webhook.check import CheckInputError, require_object_metadata
 
-    require_stdin(list(paths), "--objects")
+    require_stdin(paths, "--objects")
     try:
         manifests = load(paths)
         require_object_metadata(manifests)

@@ -6,6 +6,8 @@ without importing webhook.cli, which imports them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class UsageError(Exception):
     """Bad input or configuration: printed as `wi-webhook: <message>` with exit code 2. The message names the
@@ -17,10 +19,10 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
-def require_stdin(paths: object, flag: str) -> None:
+def require_stdin(paths: Sequence[str], flag: str) -> None:
     """`-f -` with no standard input (closed, or detached as in some CI runners) is a usage error, not a crash."""
     import sys
 
-    if isinstance(paths, list) and "-" in paths and (sys.stdin is None or sys.stdin.closed):
+    if "-" in paths and (sys.stdin is None or sys.stdin.closed):
         raise UsageError(f"{flag} -: there is no standard input to read manifests from; pipe them in (helm template "
                          f". | wi-webhook ... {flag} -) or pass a file or directory")
