@@ -112,3 +112,25 @@ def test_environment_failures_nobody_caught_are_described_not_reported_as_bugs(
     assert main(["mutate", "-f", POD]) == 2
     assert capsys.readouterr().err == "wi-webhook: mutate: No space left on device (/out/tls.key) (--debug shows the " \
                                       "traceback)\n"
+
+
+def test_serve_giving_up_on_missing_certificates_names_the_directory(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async def gives_up(*_: object, **__: object) -> None:
+        raise RuntimeError("certs are not ready after 300s: cannot read tls.crt")
+
+    monkeypatch.setattr("webhook.server.serve", gives_up)
+    monkeypatch.setattr("webhook.logs.setup", lambda level: None)  # keep this process's logging as pytest set it
+    port = _free_port()
+    assert main(["serve", "--objects", SAS, "--webhook-cert-dir", str(tmp_path), "--host", "127.0.0.1", "--port",
+                 str(port), "--health-addr", f"127.0.0.1:{_free_port()}", "--metrics-addr",
+                 f"127.0.0.1:{_free_port()}", "--event-loop", "asyncio"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"wi-webhook: --webhook-cert-dir {tmp_path}: cannot read {tmp_path}/tls.crt")
+    assert err.endswith("gave up: certs are not ready after 300s: cannot read tls.crt")
+
+
+def _free_port() -> int:
+    from tests.processes import free_port
+
+    return free_port()

@@ -189,6 +189,11 @@ async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, a
     watcher = asyncio.ensure_future(startup.watch(listening, reasons))
     try:
         await serve(options, handler, rotator=rotator)
+    except RuntimeError as exc:  # the server gave up waiting; if the certificates are still missing, say which
+        missing = startup.cert_reason(options.webhook_cert_dir, options.port)
+        if missing is None:
+            raise
+        raise UsageError(f"{missing}; gave up: {exc}") from None
     finally:
         watcher.cancel()
 
