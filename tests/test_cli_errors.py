@@ -222,3 +222,48 @@ def test_serve_with_two_listeners_on_one_port(tmp_path: Path) -> None:
     assert_usage_error(cli("serve", "--objects", SAS, "--webhook-cert-dir", str(tmp_path), "--port", str(free_port()),
                            "--health-addr", f"127.0.0.1:{port}", "--metrics-addr", f":{port}"),
                        f"--metrics-addr :{port}: the same port as --health-addr 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def forbidding_api_server() -> Iterator[str]:
+    """A plain-HTTP stand-in for an API server that answers every request 403, on 127.0.0.1."""
+    import http.server
+    import threading
+
+    class Forbid(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbid)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(("command", "needs"), [(["check", "-f", POD], "get on serviceaccounts"),
+                                                (["check", "--cluster"], "list on pods")])
+def test_a_forbidden_kubeconfig_user_is_named_with_the_permission(tmp_path: Path, forbidding_api_server: str,
+                                                                  command: list[str], needs: str) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{forbidding_api_server}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+    assert_usage_error(cli(*command, "--kubeconfig", str(kubeconfig)), f"--kubeconfig {kubeconfig}", "403",
+                       f"needs {needs}")

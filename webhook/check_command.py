@@ -69,7 +69,8 @@ def _check_cluster(args: argparse.Namespace, policy: PolicyFile) -> Report:
             else:
                 raw = core.list_pod_for_all_namespaces(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
-        raise UsageError(f"--cluster: cannot list pods: {exc.status} {exc.reason}") from None
+        raise UsageError(f"--kubeconfig {args.kubeconfig}: cannot list pods: {exc.status} {exc.reason}; the "
+                         "kubeconfig's user needs list on pods (and get on serviceaccounts)") from None
     find_sa, find_namespace = _with_cluster(StaticServiceAccounts([]), args.kubeconfig, api)
     return check_running_pods(orjson.loads(raw.data).get("items") or [], lambda ns, name: find_sa(ns, name).sa,
                               policy.current, find_namespace)
@@ -128,7 +129,8 @@ def _with_cluster(known: StaticServiceAccounts, kubeconfig: str, api: Any) -> tu
         except ApiException as exc:
             if exc.status == 404:
                 return Lookup(None, "missing")
-            raise UsageError(f"--kubeconfig: cannot read ServiceAccount {namespace}/{name}: {exc.reason}") from None
+            raise UsageError(f"--kubeconfig {kubeconfig}: cannot read ServiceAccount {namespace}/{name}: "
+                             f"{exc.status} {exc.reason}; the kubeconfig's user needs get on serviceaccounts") from None
         sa = service_account_info(orjson.loads(raw.data), namespace)
         known.add(sa)
         return Lookup(sa, "live")
