@@ -29,6 +29,12 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
                           timeout=timeout, env={**base, "AZURE_TENANT_ID": TENANT, **(env or {})}, check=False)
 
 
+def serve(*args: str) -> list[str]:
+    """`serve` on free 127.0.0.1 ports: other processes on this machine may hold the defaults (9440, 8095, 9443)."""
+    return ["serve", "--host", "127.0.0.1", "--port", str(free_port()), "--health-addr", f"127.0.0.1:{free_port()}",
+            "--metrics-addr", f"127.0.0.1:{free_port()}", *args]
+
+
 def assert_usage_error(result: subprocess.CompletedProcess[str], *named: str) -> str:
     """Exit 2, a single `wi-webhook: ...` line on stderr naming each of `named`, no traceback."""
     assert result.returncode == 2, result.stderr
@@ -96,12 +102,12 @@ def test_check_cluster_with_an_unreachable_api_server(unreachable_kubeconfig: st
 
 
 def test_serve_outside_a_cluster_without_objects_or_kubeconfig() -> None:
-    line = assert_usage_error(cli("serve"), "not running inside one", "--kubeconfig FILE")
+    line = assert_usage_error(cli(*serve()), "not running inside one", "--kubeconfig FILE")
     assert "--objects FILE" in line
 
 
 def test_serve_with_a_missing_kubeconfig() -> None:
-    assert_usage_error(cli("serve", "--kubeconfig", "/nonexistent/kubeconfig"), "--kubeconfig /nonexistent/kubeconfig")
+    assert_usage_error(cli(*serve("--kubeconfig", "/nonexistent/kubeconfig")), "--kubeconfig /nonexistent/kubeconfig")
 
 
 @pytest.mark.parametrize("flag", ["--health-addr", "--metrics-addr", "--port"])
@@ -213,7 +219,7 @@ def test_reading_a_closed_stdin(command: str) -> None:
 
 def test_a_missing_kubeconfig_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    assert_usage_error(cli("serve", env={"KUBECONFIG": f"{missing}:{missing}2"}),
+    assert_usage_error(cli(*serve(), env={"KUBECONFIG": f"{missing}:{missing}2"}),
                        f"$KUBECONFIG ({missing}:{missing}2): no such file")
 
 
