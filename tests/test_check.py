@@ -124,7 +124,10 @@ def test_sarif_is_valid_against_the_schema(check: Any) -> None:
     results = sarif["runs"][0]["results"]
     assert code == 0 and {r["ruleId"] for r in results} == {"WI002"} and results[0]["level"] == "warning"
     assert results[0]["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
-    assert {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]} >= {f"WI{i:03d}" for i in range(1, 12)}
+    rules = {r["id"]: r for r in sarif["runs"][0]["tool"]["driver"]["rules"]}
+    assert set(rules) >= {f"WI{i:03d}" for i in range(1, 14)}
+    assert (rules["WI001"]["properties"]["scope"], rules["WI013"]["properties"]["scope"]) == ("webhook",
+                                                                                              "check --cluster")
 
 
 def test_junit_parses_back(check: Any, tmp_path: Path) -> None:

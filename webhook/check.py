@@ -295,16 +295,17 @@ def render_json(report: Report) -> str:
 _SARIF_LEVEL = {"enforce": "error", "warn": "warning", "audit": "note"}
 
 
-def _rule_catalogue() -> Iterable[tuple[str, str, str, str]]:
+def _rule_catalogue() -> Iterable[tuple[str, str, str, str, str]]:
     for rule in RULES.values():
-        yield rule.id, rule.name, rule.fix, rule.default.value
-    yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value
+        yield rule.id, rule.name, rule.fix, rule.default.value, rule.scope
+    yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value, "webhook"
 
 
 def render_sarif(report: Report, version: str) -> str:
     rules = [{"id": rid, "name": name, "shortDescription": {"text": name.replace("-", " ")},
-              "help": {"text": fix}, "defaultConfiguration": {"level": _SARIF_LEVEL.get(mode, "warning")}}
-             for rid, name, fix, mode in _rule_catalogue()]
+              "help": {"text": fix}, "defaultConfiguration": {"level": _SARIF_LEVEL.get(mode, "warning")},
+              "properties": {"scope": scope}}
+             for rid, name, fix, mode, scope in _rule_catalogue()]
     results = [{
         "ruleId": f.rule,
         "level": _SARIF_LEVEL.get(f.mode, "none"),
