@@ -59,7 +59,7 @@ def check(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytes
 def test_every_workload_kind_is_injected(check: Any, kind: str) -> None:
     code, out, _ = check([workload(kind), SA], "-o", "json", "--show-mutated")
     report = json.loads(out)
-    assert code == 0 and report["summary"] == {"objects": 1, "injected": 1, "denied": 0, "warnings": 0}
+    assert code == 0 and report["summary"] == {"workloads": 1, "injected": 1, "denied": 0, "warnings": 0}
     [mutated] = report["mutated"]
     template = mutated
     for key in {"Pod": (), "CronJob": ("spec", "jobTemplate", "spec", "template")}.get(kind, ("spec", "template")):
@@ -74,8 +74,8 @@ def test_findings_text_format_and_exit_codes(check: Any) -> None:
     code, out, _ = check([workload("Deployment"), sa])
     assert code == 0
     first = out.splitlines()[0]
-    assert first.startswith(f"{Path(first.split(':')[0])}:0 Deployment/team-a/w - WI001 warn ServiceAccount")
-    assert out.splitlines()[-1] == "1 workloads checked: 1 injected, 0 denied, 1 warnings, 1 findings"
+    assert first.startswith(f"{Path(first.split(':')[0])}:1 Deployment/team-a/w - WI001 warn ServiceAccount")
+    assert out.splitlines()[-1] == "1 workload checked: 1 injected, 0 denied, 1 warning, 1 finding"
     code, _, _ = check([workload("Deployment"), sa], "--warnings-as-errors")
     assert code == 1
 
@@ -87,7 +87,7 @@ def test_enforce_finding_and_denial_exit_1(check: Any, tmp_path: Path) -> None:
     code, out, _ = check([workload("Deployment"), sa], "--policy", str(policy))
     assert code == 1 and "WI001 enforce" in out
     code, out, _ = check([workload("Deployment")])  # no ServiceAccount anywhere: the server would deny
-    assert code == 1 and "WI009 enforce" in out and 'serviceaccounts "api" not found' in out
+    assert code == 1 and "WI009 enforce" in out and "ServiceAccount team-a/api not found" in out
 
 
 def test_label_on_job_but_not_template(check: Any) -> None:
@@ -124,7 +124,10 @@ def test_sarif_is_valid_against_the_schema(check: Any) -> None:
     results = sarif["runs"][0]["results"]
     assert code == 0 and {r["ruleId"] for r in results} == {"WI002"} and results[0]["level"] == "warning"
     assert results[0]["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
-    assert {r["id"] for r in sarif["runs"][0]["tool"]["driver"]["rules"]} >= {f"WI{i:03d}" for i in range(1, 12)}
+    rules = {r["id"]: r for r in sarif["runs"][0]["tool"]["driver"]["rules"]}
+    assert set(rules) >= {f"WI{i:03d}" for i in range(1, 14)}
+    assert (rules["WI001"]["properties"]["scope"], rules["WI013"]["properties"]["scope"]) == ("webhook",
+                                                                                              "check --cluster")
 
 
 def test_junit_parses_back(check: Any, tmp_path: Path) -> None:
@@ -164,7 +167,7 @@ def test_broken_input_exits_2_naming_file_and_document(tmp_path: Path, content: 
 
 
 def test_unknown_kinds_are_ignored_and_bad_policy_is_exit_2(check: Any, tmp_path: Path) -> None:
-    code, out, _ = check([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}])
+    code, out, _ = check([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}], "--allow-empty")
     assert code == 0 and out.strip() == "0 workloads checked: 0 injected, 0 denied, 0 warnings, 0 findings"
     policy = tmp_path / "policy.yaml"
     policy.write_text("mode: {WI001: enforce}\n")
@@ -185,7 +188,7 @@ def test_stdin_and_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_helm_template_style_output(check: Any) -> None:
     # `helm template` prints "# Source:" comments and empty documents between objects
     code, out, _ = check([None, workload("Deployment"), None, SA], "-o", "json")
-    assert code == 0 and json.loads(out)["summary"]["objects"] == 1
+    assert code == 0 and json.loads(out)["summary"]["workloads"] == 1
 
 
 def test_running_pods_stale_and_not_injected() -> None:
@@ -202,7 +205,7 @@ def test_running_pods_stale_and_not_injected() -> None:
     unlabelled["metadata"]["labels"] = {}
     report = check_running_pods([patched, plain, unlabelled], lambda ns, name: sa_before)
     assert [(f.rule, f.name) for f in report.findings] == [("WI013", "plain")]
-    assert report.objects == 2 and report.injected == 1
+    assert report.workloads == 2 and report.injected == 1
     sa_after = annotated_sa(client_id="11111111-1111-1111-1111-111111111111")
     report = check_running_pods([patched], lambda ns, name: sa_after)
     assert [f.rule for f in report.findings] == ["WI012"] and "restart" in report.findings[0].message
@@ -216,3 +219,89 @@ def test_check_needs_input(capsys: pytest.CaptureFixture[str], monkeypatch: pyte
     assert "-f PATH" in capsys.readouterr().err
     assert main(["check", "--cluster"]) == 2
     assert "--kubeconfig" in capsys.readouterr().err
+
+
+def test_text_locations_are_lines_not_document_indexes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {}}}
+    path = tmp_path / "in.yaml"
+    path.write_text("# Source: chart/templates/sa.yaml\n---\n" + yaml.safe_dump(sa) + "---\n"
+                    + yaml.safe_dump(workload("Deployment")))
+    sa_lines = yaml.safe_dump(sa).count("\n")
+    assert main(["check", "-f", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}:{3 + sa_lines + 1} Deployment/team-a/w - WI001 warn")
+    assert main(["check", "-f", str(path), "-o", "json"]) == 0
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert (finding["line"], finding["document"]) == (3 + sa_lines + 1, 1)  # document: 0-based, as before
+    assert main(["check", "-f", str(path), "-o", "junit"]) == 0
+    names = {c.get("name") for c in ET.fromstring(capsys.readouterr().out.split("\n", 1)[1]).iter("testcase")}
+    assert names == {f"{path}:3 api", f"{path}:{3 + sa_lines + 1} w"}
+
+
+def test_summary_counts_workloads_in_plain_words(check: Any) -> None:
+    code, out, _ = check([workload("Deployment"), workload("Job", name="j"), SA])
+    assert code == 0 and out.splitlines()[-1] == "2 workloads checked: 2 injected, 0 denied, 0 warnings, 0 findings"
+    code, out, _ = check([workload("Deployment"), SA], "-o", "json")
+    assert json.loads(out)["summary"] == {"workloads": 1, "injected": 1, "denied": 0, "warnings": 0}
+
+
+@pytest.mark.parametrize("docs", [[], [None], [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]])
+def test_nothing_to_check_exits_2_unless_allowed(check: Any, docs: list[Any]) -> None:
+    code, out, err = check(docs)
+    assert code == 2 and out == "" and "nothing to check in" in err and "--allow-empty" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = check(docs, "--allow-empty")
+    assert code == 0 and out.startswith("0 workloads checked")
+
+
+def test_empty_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    (tmp_path / "empty").mkdir()
+    assert main(["check", "-f", str(tmp_path / "empty")]) == 2
+    assert "nothing to check" in capsys.readouterr().err
+
+
+def test_service_accounts_alone_are_something_to_check(check: Any) -> None:
+    sa = {**SA, "metadata": {**SA["metadata"], "annotations": {f"{WI}/client-id": "typo"}}}
+    code, out, _ = check([sa])
+    assert code == 0 and "WI002 warn" in out
+
+
+def test_wi009_says_where_it_looked_and_how_to_fix(check: Any, tmp_path: Path) -> None:
+    (tmp_path / "sas").mkdir()
+    code, out, _ = check([workload("Deployment")], "--objects", str(tmp_path / "sas"))
+    line = out.splitlines()[0]
+    assert code == 1 and "WI009 enforce ServiceAccount team-a/api not found" in line
+    assert f"looked in the input, --objects {tmp_path / 'sas'}" in line
+    assert "fix: create the ServiceAccount" in line
+
+
+@pytest.mark.parametrize(("mode", "code", "found"), [("enforce", 1, ["WI011 enforce"]), ("off", 0, []),
+                                                     ("audit", 0, ["WI011 audit"])])
+def test_label_rule_mode_comes_from_the_policy(check: Any, tmp_path: Path, mode: str, code: int,
+                                               found: list[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"modes: {{WI011: {mode}}}\n")
+    job = workload("Job", template={"metadata": {}, "spec": TEMPLATE["spec"]})
+    job["metadata"]["labels"] = {f"{WI}/use": "true"}
+    got, out, err = check([job, SA], "--policy", str(policy))
+    assert err == ""
+    assert got == code and [" ".join(x.split()[3:5]) for x in out.splitlines()[:-1]] == found
+
+
+def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
+    from tests.support import pod as make_pod
+    from webhook.check import check_running_pods
+    from webhook.policy import NamespaceInfo, parse_policy
+
+    plain = make_pod("plain")
+    report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"WI013": "enforce"}}))
+    assert [(f.rule, f.mode) for f in report.findings] == [("WI013", "enforce")] and report.exit_code() == 1
+    report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"not-injected": "off"}}))
+    assert report.findings == [] and report.exit_code() == 0
+    labelled = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI013"})
+    report = check_running_pods([plain], lambda ns, name: None, None, lambda name: labelled)
+    assert [f.mode for f in report.findings] == ["enforce"]

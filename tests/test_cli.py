@@ -74,3 +74,63 @@ def test_mutate_malformed_pod_exits_2(capsys: pytest.CaptureFixture[str], tmp_pa
     bad.write_text("kind: Pod\nmetadata: [1]\nspec: {}\n")
     assert main(["mutate", "-f", str(bad), "--objects", SAS]) == 2
     assert "metadata must be an object" in capsys.readouterr().err
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_: object) -> int:
+        raise RuntimeError("spec\nmore")
+
+    monkeypatch.setattr("webhook.cli.run_mutate", broken)
+    assert main(["mutate", "-f", POD]) == 2
+    err = capsys.readouterr().err
+    assert err == ("wi-webhook: mutate: unexpected error: RuntimeError: spec more (run again with --debug for the "
+                   "traceback, and please report it)\n")
+    with pytest.raises(RuntimeError):
+        main(["--debug", "mutate", "-f", POD])
+    with pytest.raises(RuntimeError):
+        main(["mutate", "-f", POD, "--debug"])
+
+
+def test_environment_failures_nobody_caught_are_described_not_reported_as_bugs(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    def unreachable(_: object) -> int:
+        raise MaxRetryError(None, "/version", NewConnectionError(None, "[Errno 111] Connection refused"))  # type: ignore[arg-type]
+
+    monkeypatch.setattr("webhook.cli.run_mutate", unreachable)
+    assert main(["mutate", "-f", POD]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wi-webhook: mutate: the Kubernetes API server is not reachable (")
+    assert "Connection refused" in err and "--kubeconfig" in err and "please report" not in err
+
+    def disk_full(_: object) -> int:
+        raise OSError(28, "No space left on device", "/out/tls.key")
+
+    monkeypatch.setattr("webhook.cli.run_mutate", disk_full)
+    assert main(["mutate", "-f", POD]) == 2
+    assert capsys.readouterr().err == "wi-webhook: mutate: No space left on device (/out/tls.key) (--debug shows the " \
+                                      "traceback)\n"
+
+
+def test_serve_giving_up_on_missing_certificates_names_the_directory(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async def gives_up(*_: object, **__: object) -> None:
+        raise RuntimeError("certs are not ready after 300s: cannot read tls.crt")
+
+    monkeypatch.setattr("webhook.server.serve", gives_up)
+    monkeypatch.setattr("webhook.logs.setup", lambda level: None)  # keep this process's logging as pytest set it
+    port = _free_port()
+    assert main(["serve", "--objects", SAS, "--webhook-cert-dir", str(tmp_path), "--host", "127.0.0.1", "--port",
+                 str(port), "--health-addr", f"127.0.0.1:{_free_port()}", "--metrics-addr",
+                 f"127.0.0.1:{_free_port()}", "--event-loop", "asyncio"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"wi-webhook: --webhook-cert-dir {tmp_path}: cannot read {tmp_path}/tls.crt")
+    assert err.endswith("gave up: certs are not ready after 300s: cannot read tls.crt")
+
+
+def _free_port() -> int:
+    from tests.processes import free_port
+
+    return free_port()

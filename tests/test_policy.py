@@ -1,4 +1,4 @@
-"""Policy rules WI001-WI010, modes, namespace overrides, the policy file, and the combined admission decision."""
+"""Policy rules WI001-WI013, modes, namespace overrides, the policy file, and the combined admission decision."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from webhook.policy import (
     check_service_account,
     namespace_overrides,
     parse_policy,
+    rule_id,
 )
 
 WI = "azure.workload.identity"
@@ -135,7 +136,11 @@ def test_wi008_namespace_rules() -> None:
 
 
 def test_wi009_missing_service_account_always_enforced() -> None:
-    decision = admit(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "off"}}))
+    with pytest.raises(PolicyError, match=r"modes\.WI009: WI009's mode is fixed at enforce"):
+        parse_policy({"modes": {"WI009": "off"}})
+    namespace = NamespaceInfo("ns", labels={"wi-webhook/off": "all"})
+    decision = admit(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "enforce"}}),
+                     namespace)
     assert decision.denial is not None and decision.denial.message == 'serviceaccounts "ghost" not found'
     assert rules_of(decision) == {"WI009": Mode.ENFORCE}
 
@@ -207,7 +212,7 @@ def test_policy_file_errors_name_the_key() -> None:
 
 
 def test_rule_catalogue_is_complete() -> None:
-    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 11)]
+    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 14)]
     assert all(rule.fix for rule in RULES.values())
 
 
@@ -231,3 +236,36 @@ def test_namespace_labels_cannot_weaken_access_rules() -> None:
     decision = admit(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), warn,
                      stricter)
     assert decision.denial is not None  # making a rule stricter is always allowed
+
+
+def test_policy_file_reports_every_problem_in_its_own_words() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy({"kind": "Polcy", "modes": {"bogus": "warn", "WI001": "loud", "WI002": "enforce"},
+                      "tokenExpiration": {"min": 1}, "namespaceOverrides": "maybe", "extra": 1}, "p.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "p.yaml: invalid policy (6 problems):"
+    assert lines[1:] == [
+        "  modes.bogus: unknown rule 'bogus'; known rules: " + ", ".join(f"{r.id} ({r.name})" for r in RULES.values()),
+        "  modes.WI001: 'loud' is not a mode; use one of enforce, warn, audit, off",
+        "  kind: must be Policy; got 'Polcy'",
+        "  tokenExpiration.min: must be at least 3600; got 1",
+        "  namespaceOverrides: must be true or false; got 'maybe'",
+        "  extra: unknown key; allowed keys here: apiVersion, kind, modes, tokenExpiration, namespaces, identities, "
+        "namespaceOverrides",
+    ]
+    assert "Value error" not in str(caught.value) and "Input should" not in str(caught.value)
+
+
+@pytest.mark.parametrize("rule", ["WI011", "WI012", "WI013", "label-not-on-pod-template", "not-injected"])
+def test_every_documented_rule_is_configurable(rule: str) -> None:
+    policy = parse_policy({"modes": {rule: "enforce"}})
+    assert policy.mode_for(rule_id(rule)) is Mode.ENFORCE
+    assert parse_policy({"modes": {rule: "off"}}).mode_for(rule_id(rule)) is Mode.OFF
+
+
+def test_unquoted_yaml_off_means_off() -> None:
+    import yaml
+
+    assert parse_policy(yaml.safe_load("modes: {WI001: off, WI010: Off}")).mode_for("WI001") is Mode.OFF
+    with pytest.raises(PolicyError, match=r"modes\.WI001: True is not a mode"):
+        parse_policy(yaml.safe_load("modes: {WI001: on}"))

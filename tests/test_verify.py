@@ -59,4 +59,4 @@ def test_keyvault_reader_example_passes_check(monkeypatch: pytest.MonkeyPatch,
     manifests = Path(__file__).resolve().parent.parent / "examples/keyvault-reader/manifests"
     assert main(["check", "-f", str(manifests), "-o", "json", "--warnings-as-errors"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["summary"] == {"objects": 1, "injected": 1, "denied": 0, "warnings": 0}
+    assert report["summary"] == {"workloads": 1, "injected": 1, "denied": 0, "warnings": 0}

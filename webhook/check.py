@@ -5,9 +5,13 @@ into the pod the API server would admit from their template (named by `generateN
 passed to `policy.admit` exactly as `serve` does. ServiceAccounts in the input are checked too (WI002/WI003/WI007,
 what the optional ServiceAccount validator enforces). One extra rule only `check` can see: WI011, the opt-in
 label on the workload object but not on its pod template (the webhook never sees it there; reference #691/#1185).
+Like every rule, its mode comes from the policy file and namespace labels.
 
 Exit codes (gator-style): 0 no enforce finding, 1 an enforce finding or a denial (or a warning with
---warnings-as-errors), 2 usage or input error.
+--warnings-as-errors), 2 usage or input error, including input that holds nothing to check (webhook/check_command.py).
+
+Locations are printed as `file:LINE`, the line where the object's YAML document starts (what editors and CI
+annotations understand), never the 0-based document index.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from webhook.config import MutationConfig
 from webhook.constants import STATUS_ANNOTATION, USE_LABEL
 from webhook.manifests import Manifest, service_account_info
 from webhook.mutation import ServiceAccountInfo, annotations_hash
-from webhook.policy import RULES, Mode, NamespaceInfo, Policy, admit, check_service_account
+from webhook.policy import RULES, Mode, NamespaceInfo, Policy, admit, check_service_account, namespace_overrides
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Deployment": ("spec", "template"),
@@ -37,14 +41,7 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
 WORKLOAD_KINDS = ("Pod", *TEMPLATE_PATHS)
-LABEL_RULE = ("WI011", "label-not-on-pod-template",
-              f"move the {USE_LABEL}: \"true\" label to the pod template's metadata.labels")
-STALE_RULE = ("WI012", "stale-identity",
-              "restart the workload (kubectl rollout restart) so its pods get the ServiceAccount's current identity")
-NOT_INJECTED_RULE = ("WI013", "not-injected",
-                     "recreate the pod: it opted in but was admitted without the webhook (created before the install "
-                     "or while the webhook was unavailable with failurePolicy Ignore)")
-CHECK_ONLY_RULES = {r[0]: r for r in (LABEL_RULE, STALE_RULE, NOT_INJECTED_RULE)}
+CLUSTER = "cluster"  # the `file` of findings on running pods (`check --cluster`)
 
 
 class CheckInputError(ValueError):
@@ -66,19 +63,22 @@ class Item:
 
     @property
     def rule_name(self) -> str:
-        if self.rule in RULES:
-            return RULES[self.rule].name
-        return CHECK_ONLY_RULES[self.rule][1] if self.rule in CHECK_ONLY_RULES else "denied"
+        return RULES[self.rule].name if self.rule in RULES else "denied"
+
+    @property
+    def location(self) -> str:
+        """`file:LINE` (1-based, where the document starts), or `cluster` for a running pod."""
+        return self.file if self.file == CLUSTER else f"{self.file}:{max(self.line, 1)}"
 
 
 @dataclass
 class Report:
     findings: list[Item] = field(default_factory=list)
-    objects: int = 0
+    workloads: int = 0  # workloads checked (ServiceAccounts are checked too but not counted here)
     injected: int = 0
     denied: int = 0
     mutated: list[dict[str, Any]] = field(default_factory=list)
-    checked: list[tuple[str, int, str, str, str]] = field(default_factory=list)  # file, document, kind, ns, name
+    checked: list[tuple[str, int, str, str, str]] = field(default_factory=list)  # file, line, kind, ns, name
 
     @property
     def warnings(self) -> int:
@@ -90,8 +90,18 @@ class Report:
         return 1 if warnings_as_errors and self.warnings else 0
 
     def summary(self) -> dict[str, int]:
-        return {"objects": self.objects, "injected": self.injected, "denied": self.denied,
+        return {"workloads": self.workloads, "injected": self.injected, "denied": self.denied,
                 "warnings": self.warnings}
+
+
+def require_object_metadata(manifests: Iterable[Manifest]) -> None:
+    """ServiceAccounts and Namespaces are read into look-up tables before anything is checked: one whose metadata
+    is not a mapping is an input error naming the file and line, not a crash."""
+    for manifest in manifests:
+        kind = manifest.obj.get("kind")
+        if kind in ("ServiceAccount", "Namespace") and not isinstance(manifest.obj.get("metadata") or {}, dict):
+            raise CheckInputError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, {kind}): "
+                                  "metadata must be a mapping")
 
 
 def _name(obj: dict[str, Any]) -> str:
@@ -105,7 +115,7 @@ def pod_from_workload(manifest: Manifest, namespace: str) -> dict[str, Any]:
     """The pod the API server would see for this workload (a copy; the input is not modified)."""
     obj = manifest.obj
     kind = obj.get("kind")
-    where = f"{manifest.source}: document {manifest.index + 1} ({kind} {_name(obj)})"
+    where = f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, {kind} {_name(obj)})"
     if kind == "Pod":
         pod = copy.deepcopy(obj)
         pod.setdefault("metadata", {})
@@ -137,7 +147,8 @@ def _label_on(obj: Any) -> bool:
 def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
               find_sa: Callable[[str, str], ServiceAccountInfo | None],
               find_namespace: Callable[[str], NamespaceInfo | None], default_namespace: str = "default",
-              show_mutated: bool = False) -> Report:
+              show_mutated: bool = False, searched: str = "the input") -> Report:
+    """Check every object; `searched` says where `find_sa` looks (for WI009: "the input, --objects x, ...")."""
     report = Report()
     for manifest in manifests:
         obj = manifest.obj
@@ -156,7 +167,7 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
             return Item(rule, mode, where.source, where.index, where.line, kind, ns, name, container, message)
 
         if kind == "ServiceAccount" or kind in WORKLOAD_KINDS:
-            report.checked.append((manifest.source, manifest.index, kind, namespace, _name(obj)))
+            report.checked.append((manifest.source, manifest.line, kind, namespace, _name(obj)))
         if kind == "ServiceAccount":
             sa = service_account_info(obj, namespace)
             for finding in check_service_account(sa, config, policy, find_namespace(namespace)):
@@ -164,14 +175,15 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
             continue
         if kind not in WORKLOAD_KINDS:
             continue
-        report.objects += 1
+        report.workloads += 1
         pod = pod_from_workload(manifest, namespace)
         if not _label_on(pod):
             template = pod  # the label on the workload object (or a Job's) is never seen by the webhook
-            if kind != "Pod" and _label_on(obj):
-                report.findings.append(item(LABEL_RULE[0], Mode.WARN.value, f"{kind} {_name(obj)} has the "
-                                            f"{USE_LABEL} label but its pod template does not: pods will not get "
-                                            f"a workload identity ({LABEL_RULE[2]})"))
+            label_mode = _mode(policy, "WI011", find_namespace(namespace))
+            if kind != "Pod" and _label_on(obj) and label_mode is not Mode.OFF:
+                report.findings.append(item("WI011", label_mode.value, f"{kind} {_name(obj)} has the {USE_LABEL} "
+                                            "label but its pod template does not: pods will not get a workload "
+                                            f"identity ({RULES['WI011'].fix})"))
             if show_mutated:
                 report.mutated.append(template)
             continue
@@ -179,7 +191,11 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
         sa_name = str(spec.get("serviceAccountName") or "default") if isinstance(spec, dict) else "default"
         decision = admit(pod, namespace, find_sa(namespace, sa_name), config, policy, find_namespace(namespace))
         for finding in decision.findings:
-            report.findings.append(item(finding.rule, finding.mode.value, finding.message, finding.container))
+            message = finding.message
+            if finding.rule == "WI009":
+                message = (f"ServiceAccount {namespace}/{sa_name} not found (looked in {searched}); fix: "
+                           f"{RULES['WI009'].fix}")
+            report.findings.append(item(finding.rule, finding.mode.value, message, finding.container))
         if decision.denial is not None:
             report.denied += 1
             if not decision.findings:  # a denial without a rule (e.g. bad proxy port): still report it
@@ -191,10 +207,17 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
     return report
 
 
+def _mode(policy: Policy, rule: str, namespace: NamespaceInfo | None) -> Mode:
+    overrides = namespace_overrides(namespace) if policy.namespace_overrides else {}
+    return policy.mode_for(rule, overrides)
+
+
 def check_running_pods(pods: list[dict[str, Any]],
-                       find_sa: Callable[[str, str], ServiceAccountInfo | None]) -> Report:
+                       find_sa: Callable[[str, str], ServiceAccountInfo | None], policy: Policy | None = None,
+                       find_namespace: Callable[[str], NamespaceInfo | None] = lambda _: None) -> Report:
     """`check --cluster`: running pods that opted in but were not injected (WI013), or whose ServiceAccount's
     identity annotations changed since injection (WI012, from the `wi-webhook/status` hash)."""
+    policy = policy or Policy()
     report = Report()
     for pod in pods:
         metadata = pod.get("metadata") or {}
@@ -203,16 +226,20 @@ def check_running_pods(pods: list[dict[str, Any]],
             continue
         namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
         sa_name = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
-        report.objects += 1
-        report.checked.append(("cluster", 0, "Pod", namespace, name))
+        report.workloads += 1
+        report.checked.append((CLUSTER, 1, "Pod", namespace, name))
+        namespace_info = find_namespace(namespace)
 
-        def item(rule: tuple[str, str, str], message: str, ns: str = namespace, pod_name: str = name) -> Item:
-            return Item(rule[0], Mode.WARN.value, "cluster", 0, 1, "Pod", ns, pod_name, "", f"{message} ({rule[2]})")
+        def add(rule: str, message: str, ns: str = namespace, pod_name: str = name,
+                ns_info: NamespaceInfo | None = namespace_info) -> None:
+            mode = _mode(policy, rule, ns_info)
+            if mode is not Mode.OFF:
+                report.findings.append(Item(rule, mode.value, CLUSTER, 0, 1, "Pod", ns, pod_name, "",
+                                            f"{message} ({RULES[rule].fix})"))
 
         raw = annotations.get(STATUS_ANNOTATION)
         if raw is None:
-            report.findings.append(item(NOT_INJECTED_RULE, f"pod {namespace}/{name} has the {USE_LABEL} label but "
-                                                           "no workload identity was injected"))
+            add("WI013", f"pod {namespace}/{name} has the {USE_LABEL} label but no workload identity was injected")
             continue
         report.injected += 1
         try:
@@ -221,11 +248,10 @@ def check_running_pods(pods: list[dict[str, Any]],
             recorded = None
         sa = find_sa(namespace, sa_name)
         if sa is None:
-            report.findings.append(item(STALE_RULE, f"ServiceAccount {namespace}/{sa_name} of pod {name} no longer "
-                                                    "exists"))
+            add("WI012", f"ServiceAccount {namespace}/{sa_name} of pod {name} no longer exists")
         elif recorded != annotations_hash(sa):
-            report.findings.append(item(STALE_RULE, f"ServiceAccount {namespace}/{sa_name} changed its identity "
-                                                    f"annotations after pod {name} was injected"))
+            add("WI012", f"ServiceAccount {namespace}/{sa_name} changed its identity annotations after pod {name} "
+                         "was injected")
     return report
 
 
@@ -245,17 +271,21 @@ def _apply_to_workload(obj: dict[str, Any], pod: dict[str, Any], patch: list[dic
 
 
 # -- output formats ------------------------------------------------------------------------------------------
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def render_text(report: Report) -> str:
-    lines = [f"{f.file}:{f.document} {f.kind}/{f.namespace}/{f.name} {f.container or '-'} {f.rule} {f.mode} "
+    lines = [f"{f.location} {f.kind}/{f.namespace}/{f.name} {f.container or '-'} {f.rule} {f.mode} "
              f"{f.message}" for f in report.findings]
     s = report.summary()
-    lines.append(f"{s['objects']} workloads checked: {s['injected']} injected, {s['denied']} denied, "
-                 f"{s['warnings']} warnings, {len(report.findings)} findings")
+    lines.append(f"{plural(s['workloads'], 'workload')} checked: {s['injected']} injected, {s['denied']} denied, "
+                 f"{plural(s['warnings'], 'warning')}, {plural(len(report.findings), 'finding')}")
     return "\n".join(lines) + "\n"
 
 
 def render_json(report: Report) -> str:
-    findings = [{k: v for k, v in asdict(f).items() if k != "line"} for f in report.findings]
+    findings = [asdict(f) for f in report.findings]
     body: dict[str, Any] = {"findings": findings, "summary": report.summary()}
     if report.mutated:
         body["mutated"] = report.mutated
@@ -265,18 +295,17 @@ def render_json(report: Report) -> str:
 _SARIF_LEVEL = {"enforce": "error", "warn": "warning", "audit": "note"}
 
 
-def _rule_catalogue() -> Iterable[tuple[str, str, str, str]]:
+def _rule_catalogue() -> Iterable[tuple[str, str, str, str, str]]:
     for rule in RULES.values():
-        yield rule.id, rule.name, rule.fix, rule.default.value
-    for rid, name, fix in CHECK_ONLY_RULES.values():
-        yield rid, name, fix, Mode.WARN.value
-    yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value
+        yield rule.id, rule.name, rule.fix, rule.default.value, rule.scope
+    yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value, "webhook"
 
 
 def render_sarif(report: Report, version: str) -> str:
     rules = [{"id": rid, "name": name, "shortDescription": {"text": name.replace("-", " ")},
-              "help": {"text": fix}, "defaultConfiguration": {"level": _SARIF_LEVEL.get(mode, "warning")}}
-             for rid, name, fix, mode in _rule_catalogue()]
+              "help": {"text": fix}, "defaultConfiguration": {"level": _SARIF_LEVEL.get(mode, "warning")},
+              "properties": {"scope": scope}}
+             for rid, name, fix, mode, scope in _rule_catalogue()]
     results = [{
         "ruleId": f.rule,
         "level": _SARIF_LEVEL.get(f.mode, "none"),
@@ -301,12 +330,13 @@ def render_sarif(report: Report, version: str) -> str:
 def render_junit(report: Report, warnings_as_errors: bool = False) -> str:
     by_object: dict[tuple[str, int, str, str, str], list[Item]] = {key: [] for key in report.checked}
     for f in report.findings:
-        by_object.setdefault((f.file, f.document, f.kind, f.namespace, f.name), []).append(f)
+        by_object.setdefault((f.file, f.line, f.kind, f.namespace, f.name), []).append(f)
     failing_modes = {"enforce", "warn"} if warnings_as_errors else {"enforce"}
     suite = ET.Element("testsuite", name="wi-webhook check", tests=str(len(by_object)))
     failures = 0
-    for (file, document, kind, namespace, name), items in by_object.items():
-        case = ET.SubElement(suite, "testcase", classname=f"{kind}.{namespace}", name=f"{file}:{document} {name}")
+    for (file, line, kind, namespace, name), items in by_object.items():
+        where = file if file == CLUSTER else f"{file}:{line}"
+        case = ET.SubElement(suite, "testcase", classname=f"{kind}.{namespace}", name=f"{where} {name}")
         failing = [f for f in items if f.mode in failing_modes]
         if failing:
             failures += 1

@@ -1,8 +1,10 @@
-"""The `wi-webhook` command: `serve`, `mutate` (offline rendering) and `version`.
+"""The `wi-webhook` command: `serve`, `mutate` and `check` (offline), `verify`, `certs generate`, `version`.
 
 Every sub-command builds its configuration with the same code (`webhook.config`) and mutates with the same core
 (`webhook.mutation`), so what `mutate` prints is what `serve` would answer. Exit codes: 0 success, 1 a pod was
-denied, 2 bad input or configuration (the message names the file or setting).
+denied or a policy finding, 2 the command could not run (bad input, configuration or cluster; the message names the
+file, flag or server and the fix). No input prints a Python traceback unless `--debug` is given: an unexpected error
+is one line with exit code 2, because CI reads exit 1 as "policy violation".
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from webhook import logs
-from webhook.check import Report as CheckReport
+from webhook.arguments import build_parser
 from webhook.config import (
     ConfigError,
     MutationConfig,
@@ -32,16 +34,16 @@ from webhook.config import (
     build_mutation_config,
     explain_validation_error,
 )
-from webhook.constants import NATIVE_SIDECAR_MIN_VERSION
+from webhook.constants import MUTATE_PATH, NATIVE_SIDECAR_MIN_VERSION
+from webhook.kubeclient import api_client
 from webhook.manifests import ManifestError, load
 from webhook.mutation import pod_ref
 from webhook.policy import PolicyError, admit
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ClusterServiceAccounts, ServiceAccountSource, StaticServiceAccounts
+from webhook.usage import UsageError, one_line, require_stdin
 
-
-class UsageError(Exception):
-    """Bad input or configuration: printed as `wi-webhook: <message>` with exit code 2."""
+__all__ = ["UsageError", "main", "package_version", "parse_server_version"]
 
 
 def package_version() -> str:
@@ -49,117 +51,6 @@ def package_version() -> str:
         return version("workload-identity-webhook")
     except PackageNotFoundError:
         return "0.0.0+unknown"
-
-
-def _common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--audience", default="", help="token audience (default api://AzureADTokenExchange)")
-    parser.add_argument("--custom-token-endpoint-annotation-suffix", default="")
-    parser.add_argument("--custom-token-endpoint-audience", default="")
-    parser.add_argument("--log-level", default="", help='"" (warnings), info, debug, trace or all')
-    parser.add_argument("--native-sidecar", default="auto", help="auto|true|false: proxy as a native sidecar "
-                        "(auto: API server >= 1.32; offline: classic)")
-    parser.add_argument("--policy", default=None, metavar="FILE", help="policy file (YAML); see README 'Policy'")
-    parser.add_argument("--status-annotation", default="true", choices=("true", "false"),
-                        help="add the wi-webhook/status annotation to injected pods")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wi-webhook", description=__doc__.splitlines()[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the admission webhook (HTTPS)")
-    _common_flags(serve)
-    serve.add_argument("--port", type=int, default=9443)
-    serve.add_argument("--host", default="", help="listen address of the webhook port (default: all)")
-    serve.add_argument("--health-addr", default=":9440")
-    serve.add_argument("--metrics-addr", default=":8095")
-    serve.add_argument("--webhook-cert-dir", default="/certs")
-    serve.add_argument("--tls-min-version", default="1.3")
-    serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
-    serve.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
-                       help="serve ServiceAccounts from manifests instead of a cluster (repeatable)")
-    serve.add_argument("--serviceaccount-lookup-timeout", type=float, default=2.0,
-                       help="seconds a cache miss may spend on a live GET before the pod is denied")
-    serve.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024)
-    serve.add_argument("--metrics-backend", default="prometheus",
-                       help="accepted for compatibility with the reference; prometheus is the only backend")
-    serve.add_argument("--version", action="store_true", help="print the version and exit (as the reference)")
-    serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes sharing the webhook port (SO_REUSEPORT), each with its own cache")
-    serve.add_argument("--decision-cache-size", type=int, default=None,
-                       help="deprecated and ignored: the remembered-decision cache was removed (accepted so that "
-                            "existing extraArgs keep working)")
-    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    serve.add_argument("--worker-state-dir", default=None, help=argparse.SUPPRESS)
-    serve.add_argument("--shutdown-delay", type=float, default=0.0,
-                       help="seconds to keep serving after SIGTERM with /readyz failing (endpoint propagation)")
-    serve.add_argument("--shutdown-timeout", type=float, default=25.0,
-                       help="seconds to finish in-flight reviews after SIGTERM")
-    serve.add_argument("--cert-check-interval", type=float, default=2.0,
-                       help="seconds between checks of tls.crt/tls.key for changes")
-    rotation = serve.add_argument_group("self-managed certificates (in-cluster; on unless --disable-cert-rotation)")
-    rotation.add_argument("--disable-cert-rotation", action="store_true",
-                          help="use the certificates in --webhook-cert-dir as they are (cert-manager, own Secret)")
-    rotation.add_argument("--cert-secret-name", default="azure-wi-webhook-server-cert",
-                          help="Secret in $POD_NAMESPACE holding ca.crt/ca.key/tls.crt/tls.key")
-    rotation.add_argument("--webhook-config-name", default="azure-wi-webhook-mutating-webhook-configuration",
-                          help="MutatingWebhookConfiguration whose caBundle is kept current")
-    rotation.add_argument("--validating-webhook-config-name", default="",
-                          help="also keep this ValidatingWebhookConfiguration's caBundle current (ServiceAccount "
-                               "validator)")
-    rotation.add_argument("--service-name", default="azure-wi-webhook-webhook-service",
-                          help="Service the serving certificate is issued for (<svc>.<ns>.svc)")
-    rotation.add_argument("--cert-check-rotation-interval", default="12h", help="how often to check expiry")
-    rotation.add_argument("--cert-renew-before", default="2160h",
-                          help="renew when the certificate would expire within this duration (90 days)")
-    rotation.add_argument("--cert-ca-settle-delay", default="10s",
-                          help="keep a new CA in the caBundle this long before serving a certificate it signed "
-                               "(the API server applies caBundle changes with a delay)")
-    rotation.add_argument("--cert-host", action="append", default=[],
-                          help="extra DNS name or IP for the serving certificate (repeatable)")
-
-    mutate = commands.add_parser("mutate", help="print what the webhook would do to pods, offline")
-    _common_flags(mutate)
-    mutate.add_argument("-f", "--filename", action="append", required=True, metavar="POD_FILE",
-                        help="pod manifest(s): file, directory or - for stdin (repeatable)")
-    mutate.add_argument("--objects", action="append", default=[], metavar="SA_FILE",
-                        help="ServiceAccount manifest(s) (repeatable)")
-    mutate.add_argument("-n", "--namespace", default="", help="request namespace (default: the pod's, else default)")
-    mutate.add_argument("-o", "--output", choices=("yaml", "json", "patch"), default="yaml")
-
-    check = commands.add_parser("check", help="run the webhook's mutation and policy over manifests (for CI)")
-    _common_flags(check)
-    check.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
-                       help="manifests: file, directory (recursive) or - for stdin (repeatable)")
-    check.add_argument("--cluster", action="store_true",
-                       help="check the running pods of the --kubeconfig cluster instead of manifests: opted-in pods "
-                            "that were not injected (WI013) or run with a stale identity (WI012)")
-    check.add_argument("--objects", action="append", default=[], metavar="FILE_OR_DIR",
-                       help="more ServiceAccounts/Namespaces (repeatable)")
-    check.add_argument("--kubeconfig", default=None,
-                       help="also look up ServiceAccounts and Namespaces missing from the input in this cluster")
-    check.add_argument("-n", "--namespace", default="", help="namespace for objects without one (default: default)")
-    check.add_argument("-o", "--output", choices=("text", "json", "sarif", "junit"), default="text")
-    check.add_argument("--show-mutated", action="store_true", help="also print each workload after injection")
-    check.add_argument("--warnings-as-errors", action="store_true", help="exit 1 on warn findings too")
-
-    verify = commands.add_parser("verify", help="diagnose this pod's workload identity (run inside the pod)")
-    verify.add_argument("--scope", default="https://management.azure.com/.default")
-    verify.add_argument("--keyvault", default=None, metavar="URL", help="also read a secret from this vault")
-    verify.add_argument("--secret", default=None, metavar="NAME", help="the secret to read with --keyvault")
-    verify.add_argument("-o", "--output", choices=("text", "json"), default="text")
-
-    certs = commands.add_parser("certs", help="certificate helpers").add_subparsers(dest="certs_command",
-                                                                                      required=True)
-    generate = certs.add_parser("generate", help="write a CA and a serving certificate for the webhook Service")
-    generate.add_argument("--service", default="azure-wi-webhook-webhook-service")
-    generate.add_argument("--namespace", default="azure-workload-identity-system")
-    generate.add_argument("--host", action="append", default=[], help="extra DNS name or IP (repeatable)")
-    generate.add_argument("--out", required=True, help="directory for ca.crt, ca.key, tls.crt, tls.key")
-
-    commands.add_parser("version", help="print the version")
-    return parser
 
 
 def _options(model: type[WebhookOptions], args: argparse.Namespace) -> Any:
@@ -188,10 +79,15 @@ def _policy(options: WebhookOptions) -> PolicyFile:
 
 
 def _static_source(paths: Sequence[str]) -> StaticServiceAccounts:
+    from webhook.check import CheckInputError, require_object_metadata
+
+    require_stdin(paths, "--objects")
     try:
-        return StaticServiceAccounts.from_manifests(load(paths))
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+        manifests = load(paths)
+        require_object_metadata(manifests)
+        return StaticServiceAccounts.from_manifests(manifests)
+    except (ManifestError, CheckInputError) as exc:
+        raise UsageError(one_line(exc)) from None
 
 
 def parse_server_version(git_version: str) -> tuple[int, int]:
@@ -203,20 +99,12 @@ def parse_server_version(git_version: str) -> tuple[int, int]:
 
 
 def _api_client(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
-    configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
+    return api_client(kubeconfig, no_cluster_hint="--objects FILE to serve ServiceAccounts from manifests")
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from webhook.handler import AdmissionHandler
     from webhook.metrics import Metrics
-    from webhook.server import serve
 
     if args.version:
         print(package_version())
@@ -228,6 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
     logs.setup(options.log_level)
     _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
     policy = _policy(options)
+    if options.worker_index is None:  # workers share the supervisor's port (SO_REUSEPORT) and serve no health
+        _check_listen_addresses(options)
     if options.workers > 1 and options.worker_index is None:
         from webhook.workers import supervise
 
@@ -240,8 +130,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.objects:
         source = _static_source(args.objects)
         native = options.native_sidecar == "true"
+        accounts_from = f"files {', '.join(args.objects)}"
     else:
         api = _api_client(options.kubeconfig)
+        accounts_from = f"the cluster at {api.configuration.host}"
         native = options.native_sidecar == "true"
         if options.native_sidecar == "auto":
             from kubernetes import client
@@ -255,8 +147,56 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.decision_cache_size is not None:
         logging.getLogger("webhook").warning("--decision-cache-size is deprecated and ignored")
     handler = AdmissionHandler(_config(options, native), source, metrics, policy)
-    run_event_loop(serve(options, handler, rotator=rotator), options.event_loop)
+    run_event_loop(_serve_and_report(options, handler, rotator, accounts_from), options.event_loop)
     return 0
+
+
+def _check_listen_addresses(options: ServeOptions) -> None:
+    """Name the flag whose address is taken, instead of an OSError from deep inside the server."""
+    from webhook.config import parse_addr
+    from webhook.startup import bind_error
+
+    wanted = [("--health-addr", options.health_addr, parse_addr(options.health_addr)),
+              ("--metrics-addr", options.metrics_addr, parse_addr(options.metrics_addr)),
+              ("--port", str(options.port), (options.host, options.port))]
+    for index, (flag, value, (host, port)) in enumerate(wanted):
+        for other_flag, other_value, (other_host, other_port) in wanted[:index]:
+            if port == other_port and port != 0 and (host == other_host or not host or not other_host):
+                raise UsageError(f"{flag} {value}: the same port as {other_flag} {other_value}; give each its own")
+        problem = bind_error(host, port)
+        if problem is not None:
+            raise UsageError(f"{flag} {value}: {problem}; stop the process using it or choose another address "
+                             f"with {flag}")
+
+
+async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, accounts_from: str) -> None:
+    """The server, with webhook.startup's watcher beside it logging why it is not serving yet, then where it is
+    (one line per process: with --workers only worker 0 reports)."""
+    from webhook import startup
+    from webhook.server import serve
+
+    if options.worker_index:
+        await serve(options, handler, rotator=rotator)
+        return
+    listening = startup.Listening(options.host, options.port, MUTATE_PATH, options.webhook_cert_dir, accounts_from)
+
+    def reasons() -> list[str]:
+        rotation = None
+        if rotator is not None and not rotator.done_once.is_set():
+            rotation = rotator.last_error or "the first rotation is still running"
+        return startup.not_ready_reasons(startup.cert_reason(options.webhook_cert_dir, options.port),
+                                         handler.source.ready(), rotation)
+
+    watcher = asyncio.ensure_future(startup.watch(listening, reasons))
+    try:
+        await serve(options, handler, rotator=rotator)
+    except RuntimeError as exc:  # the server gave up waiting; if the certificates are still missing, say which
+        missing = startup.cert_reason(options.webhook_cert_dir, options.port)
+        if missing is None:
+            raise
+        raise UsageError(f"{missing}; gave up: {exc}") from None
+    finally:
+        watcher.cancel()
 
 
 def run_event_loop(main_coroutine: Coroutine[Any, Any, None], choice: str) -> None:
@@ -292,10 +232,11 @@ def run_mutate(args: argparse.Namespace) -> int:
     config = _config(options, native_sidecar=options.native_sidecar == "true")
     policy = _policy(options).current
     source = _static_source(args.objects)
+    require_stdin(args.filename, "-f")
     try:
         manifests = load(args.filename)
     except ManifestError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(one_line(exc)) from None
     pods = [m for m in manifests if m.obj.get("kind") == "Pod"]
     if not pods:
         raise UsageError(f"no Pod found in {', '.join(args.filename)} (mutate renders Pods)")
@@ -324,105 +265,13 @@ def run_mutate(args: argparse.Namespace) -> int:
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    from webhook.check import render_json, render_junit, render_sarif, render_text
+    from webhook.check_command import run_check_command as run
 
     options: WebhookOptions = _options(WebhookOptions, args)
-    report: CheckReport
-    if args.cluster:
-        report = _check_cluster(args)
-    else:
-        if not args.filename:
-            raise UsageError("check needs -f PATH (manifests) or --cluster --kubeconfig FILE")
-        report = _check_manifests(args, options)
-    if args.output == "json":
-        sys.stdout.write(render_json(report))
-    elif args.output == "sarif":
-        sys.stdout.write(render_sarif(report, package_version()))
-    elif args.output == "junit":
-        sys.stdout.write(render_junit(report, args.warnings_as_errors))
-    else:
-        sys.stdout.write(render_text(report))
-        if report.mutated:
-            sys.stdout.write("---\n" + yaml.safe_dump_all(report.mutated, sort_keys=False))
-    return report.exit_code(args.warnings_as_errors)
-
-
-def _check_cluster(args: argparse.Namespace) -> CheckReport:
-    from kubernetes.client.exceptions import ApiException
-
-    from webhook.check import check_running_pods
-
-    if not args.kubeconfig:
-        raise UsageError("--cluster needs --kubeconfig FILE (the cluster whose running pods to check)")
-    from kubernetes import client
-
-    core: Any = client.CoreV1Api(_api_client(args.kubeconfig))  # raw responses (_preload_content=False)
-    try:
-        if args.namespace:
-            raw = core.list_namespaced_pod(args.namespace, _preload_content=False)
-        else:
-            raw = core.list_pod_for_all_namespaces(_preload_content=False)
-    except ApiException as exc:
-        raise UsageError(f"--cluster: cannot list pods: {exc.status} {exc.reason}") from None
-    find_sa, _ = _with_cluster(StaticServiceAccounts([]), args.kubeconfig)
-    return check_running_pods(orjson.loads(raw.data).get("items") or [], lambda ns, name: find_sa(ns, name).sa)
-
-
-def _check_manifests(args: argparse.Namespace, options: WebhookOptions) -> CheckReport:
-    from webhook.check import CheckInputError, run_check
-
-    config = _config(options, native_sidecar=options.native_sidecar == "true")
-    policy = _policy(options).current
-    namespace = args.namespace or "default"
-    try:
-        manifests = load(args.filename)
-        known = StaticServiceAccounts.from_manifests([*manifests, *load(args.objects)], namespace)
-    except ManifestError as exc:
-        raise UsageError(str(exc)) from None
-    find_sa, find_namespace = known.lookup, known.namespace_now
-    if args.kubeconfig:
-        find_sa, find_namespace = _with_cluster(known, args.kubeconfig)
-    try:
-        return run_check(manifests, config, policy, lambda ns, name: find_sa(ns, name).sa, find_namespace,
-                         namespace, show_mutated=args.show_mutated)
-    except CheckInputError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _with_cluster(known: StaticServiceAccounts, kubeconfig: str) -> tuple[Any, Any]:
-    """Look-ups that fall back to the cluster for objects the input does not contain (synchronous GETs)."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    from webhook.manifests import service_account_info
-    from webhook.serviceaccounts import Lookup, namespace_info
-
-    core: Any = client.CoreV1Api(_api_client(kubeconfig))  # raw responses (_preload_content=False)
-
-    def find_sa(namespace: str, name: str) -> Lookup:
-        found = known.lookup(namespace, name)
-        if found.sa is not None:
-            return found
-        try:
-            raw = core.read_namespaced_service_account(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return Lookup(None, "missing")
-            raise UsageError(f"--kubeconfig: cannot read ServiceAccount {namespace}/{name}: {exc.reason}") from None
-        sa = service_account_info(orjson.loads(raw.data), namespace)
-        known.add(sa)
-        return Lookup(sa, "live")
-
-    def find_namespace(name: str) -> Any:
-        found = known.namespace_now(name)
-        if found is not None:
-            return found
-        try:
-            return namespace_info(orjson.loads(core.read_namespace(name, _preload_content=False).data))
-        except ApiException:
-            return None
-
-    return find_sa, find_namespace
+    policy = _policy(options)
+    if args.cluster:  # running pods are not mutated: no AZURE_TENANT_ID needed
+        return run(args, None, policy, package_version())
+    return run(args, _config(options, native_sidecar=options.native_sidecar == "true"), policy, package_version())
 
 
 def run_verify_command(args: argparse.Namespace) -> int:
@@ -442,7 +291,14 @@ def run_certs_generate(args: argparse.Namespace) -> int:
 
     ca = certs.generate_ca()
     hosts = certs.service_hosts(args.service, args.namespace) + list(args.host)
-    certs.write_bundle(Path(args.out), ca, certs.generate_serving(ca, hosts))
+    try:
+        serving = certs.generate_serving(ca, hosts)
+    except ValueError as exc:
+        raise UsageError(f"--service/--namespace/--host: not a valid DNS name or IP: {exc}") from None
+    try:
+        certs.write_bundle(Path(args.out), ca, serving)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write the certificates: {exc.strerror or exc}") from None
     print(f"wrote ca.crt, ca.key, tls.crt, tls.key to {args.out} for {hosts[0]}")
     return 0
 
@@ -462,27 +318,47 @@ def _print(outputs: list[Any], output: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Bad flags exit 2 through argparse (SystemExit, with the command's usage)."""
     raw = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(raw)
+    args = build_parser().parse(raw)
     args.raw_argv = raw
     try:
-        if args.command == "version":
-            print(package_version())
-            return 0
-        if args.command == "serve":
-            return run_serve(args)
-        if args.command == "certs":
-            return run_certs_generate(args)
-        if args.command == "check":
-            return run_check_command(args)
-        if args.command == "verify":
-            return run_verify_command(args)
-        return run_mutate(args)
+        return _dispatch(args)
     except UsageError as exc:
         print(f"wi-webhook: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an error nobody foresaw: one line (exit 2: the command could not run)
+        if args.debug:
+            raise
+        print(f"wi-webhook: {args.command}: {_unforeseen(exc)}", file=sys.stderr)
+        return 2
+
+
+def _unforeseen(exc: Exception) -> str:
+    """One line for an error no code path turned into a UsageError. The environment's failures (the API server
+    unreachable, an OS error) are described as such; anything else is a bug to report."""
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, HTTPError):
+        reason = one_line(getattr(exc, "reason", None) or exc)
+        return (f"the Kubernetes API server is not reachable ({reason[:300]}); check --kubeconfig (or $KUBECONFIG) "
+                "and that the cluster is running (--debug shows the traceback)")
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where} (--debug shows the traceback)"
+    return (f"unexpected error: {type(exc).__name__}: {one_line(exc)[:500] or '(no message)'} (run again with "
+            "--debug for the traceback, and please report it)")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    commands = {"serve": run_serve, "certs": run_certs_generate, "check": run_check_command,
+                "verify": run_verify_command, "mutate": run_mutate}
+    if args.command == "version":
+        print(package_version())
+        return 0
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
-    """Configure the root logger once for a process; `level` uses the reference's names ("" = warnings)."""
+    """Configure the root logger once for a process; `level` uses the reference's names ("" = warnings, plus the
+    `startup` logger's lines)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -41,3 +42,7 @@ def setup(level: str) -> None:
     root.setLevel(LEVELS.get(level, logging.WARNING))
     for noisy in ("aiohttp.access", "urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # serve's startup lines ("serving on ...", why it is not serving yet) show at the default level too: a webhook
+    # that logs nothing until something fails leaves an operator guessing. Only --log-level error hides them.
+    logging.getLogger("startup").setLevel(min(logging.INFO, root.level) if root.level < logging.ERROR
+                                          else logging.ERROR)

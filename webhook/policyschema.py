@@ -16,6 +16,13 @@ from webhook.constants import MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION
 from webhook.rules import ALWAYS_ENFORCED, NO_WEAKENING, RULES, STRICTNESS, Mode, rule_id
 
 
+def _mode_text(value: Any) -> Any:
+    """A mode as written. YAML 1.1 reads an unquoted `off` as false: accept that as "off" (what was meant)."""
+    if value is False:
+        return Mode.OFF.value
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -40,7 +47,7 @@ class ExpirationBounds(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> ExpirationBounds:
         if self.min > self.max:
-            raise ValueError(f"tokenExpiration.min ({self.min}) must not exceed tokenExpiration.max ({self.max})")
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
         return self
 
 
@@ -69,14 +76,14 @@ class Policy(_Strict):
     @classmethod
     def _rule_keys(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {rule_id(str(k)): (v.lower() if isinstance(v, str) else v) for k, v in value.items()}
+            return {rule_id(str(k)): _mode_text(v) for k, v in value.items()}
         return value
 
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
         if value != "Policy":
-            raise ValueError("kind must be Policy")
+            raise ValueError(f"must be Policy; got {value!r}")
         return value
 
     def mode_for(self, rid: str, overrides: Mapping[str, Mode] | None = None) -> Mode:
@@ -99,20 +106,80 @@ class PolicyError(ValueError):
 
 
 def parse_policy(data: Any, source: str = "policy") -> Policy:
+    """Validate a policy document, reporting every problem at once (one line per key), in the project's words."""
     if data is None:
         return Policy()
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the policy must be a mapping (apiVersion, kind, modes, ...)")
+    problems: list[str] = []
+    if isinstance(data.get("modes"), dict):
+        modes, problems = _check_modes(data["modes"])
+        data = {**data, "modes": modes}
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: invalid policy:"]
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(error['loc'][:-1]))}" \
-                if error["type"] == "extra_forbidden" else error["msg"]
-            lines.append(f"  {where}: {message}")
-        raise PolicyError("\n".join(lines)) from None
+            problems.append(f"  {where}: {_explain(error)}")
+    if problems:
+        raise PolicyError("\n".join([f"{source}: invalid policy ({len(problems)} problems):" if len(problems) > 1
+                                     else f"{source}: invalid policy:", *problems]))
+    return policy
+
+
+def _check_modes(raw: dict[Any, Any]) -> tuple[dict[str, str], list[str]]:
+    """The valid part of `modes` (by rule ID), and one problem line per unknown rule or mode."""
+    valid: dict[str, str] = {}
+    problems: list[str] = []
+    names = ", ".join(m.value for m in Mode)
+    for key, value in raw.items():
+        try:
+            rid = rule_id(str(key))
+        except ValueError as exc:
+            problems.append(f"  modes.{key}: {exc}")
+            continue
+        mode = _mode_text(value)
+        if mode not in {m.value for m in Mode}:
+            problems.append(f"  modes.{key}: {value!r} is not a mode; use one of {names}")
+            continue
+        if rid in ALWAYS_ENFORCED and mode != Mode.ENFORCE.value:
+            problems.append(f"  modes.{key}: {rid}'s mode is fixed at enforce (the reference denies such pods, and "
+                            "this webhook never answers more leniently); remove this entry")
+            continue
+        valid[rid] = mode
+    return valid, problems
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _explain(error: Any) -> str:
+    """pydantic's error in the policy file's terms (no "Value error, " prefix, no "Input should be")."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = f"; got {error['input']!r}" if "input" in error and kind != "missing" else ""
+    if kind == "extra_forbidden":
+        return f"unknown key; allowed keys here: {', '.join(_allowed_keys(error['loc'][:-1]))}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = ctx.get("ge", ctx.get("le"))
+        return f"must be {'at least' if kind == 'greater_than_equal' else 'at most'} {bound}{got}"
+    if kind == "enum":
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    return f"{_MESSAGES.get(kind, error['msg'])}{got}"
 
 
 def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:

@@ -1,5 +1,11 @@
-"""The policy rules (WI001-WI010), their default modes and fixes, and the mode ordering shared by the policy file's
-schema (webhook/policyschema.py) and the checks (webhook/policy.py)."""
+"""The policy rules (WI001-WI013), their default modes and fixes, and the mode ordering shared by the policy file's
+schema (webhook/policyschema.py) and the checks (webhook/policy.py, webhook/check.py).
+
+Every rule is configurable in the policy file's `modes` (and by namespace labels), including the three that only
+`check` can see (`Rule.scope`): WI011 on manifests, WI012/WI013 on a cluster's running pods. The only fixed mode is
+WI009's (ALWAYS_ENFORCED): a pod whose ServiceAccount does not exist is denied by the reference, and this webhook
+never answers more leniently than the reference.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from webhook.constants import (
     SKIP_CONTAINERS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
+    USE_LABEL,
 )
 
 
@@ -27,6 +34,7 @@ class Rule:
     name: str
     default: Mode
     fix: str
+    scope: str = "webhook"  # who evaluates it: "webhook" (serve, mutate and check), "check" or "check --cluster"
 
 
 RULES: dict[str, Rule] = {r.id: r for r in (
@@ -51,6 +59,14 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("WI010", "nothing-injected", Mode.WARN,
          f"remove at least one container from {SKIP_CONTAINERS_ANNOTATION}, or drop the azure.workload.identity/use "
          "label"),
+    Rule("WI011", "label-not-on-pod-template", Mode.WARN,
+         f"move the {USE_LABEL}: \"true\" label to the pod template's metadata.labels", scope="check"),
+    Rule("WI012", "stale-identity", Mode.WARN,
+         "restart the workload (kubectl rollout restart) so its pods get the ServiceAccount's current identity",
+         scope="check --cluster"),
+    Rule("WI013", "not-injected", Mode.WARN,
+         "recreate the pod: it opted in but was admitted without the webhook (created before the install or while "
+         "the webhook was unavailable with failurePolicy Ignore)", scope="check --cluster"),
 )}
 RULES_BY_NAME = {r.name: r for r in RULES.values()}
 ALWAYS_ENFORCED = {"WI009"}  # reference denials are never weakened (WI007's reference range is in the mutation)
@@ -59,6 +75,7 @@ ALWAYS_ENFORCED = {"WI009"}  # reference denials are never weakened (WI007's ref
 NO_WEAKENING = {"WI004", "WI008"}
 STRICTNESS = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
 OVERRIDE_PREFIX = "wi-webhook/"
+
 
 def rule_id(key: str) -> str:
     """Accept a rule ID (WI001, case-insensitive) or name (missing-client-id)."""
