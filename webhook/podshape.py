@@ -81,22 +81,32 @@ def bad_pod(pod: Any) -> Denial | None:
 
 def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = ()) -> None:
     """`where` must be absent/null or a list of objects whose `name` is a string, null or absent; each object's
-    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself.
-
-    The path of an entry is only formatted for an error: a pod has dozens of env entries, each checked per review.
-    """
+    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself."""
     if items is None:
         return
     if not isinstance(items, list):
         raise PodShapeError(f"{where} must be a list")
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise PodShapeError(f"{where}[{index}] must be an object")
-        name = item.get("name")
-        if name is not None and not isinstance(name, str):
-            raise PodShapeError(f"{where}[{index}].name must be a string")
+        if not _named_object(item):
+            _raise_for_entry(item, f"{where}[{index}]")
         for key in nested:
             _check_named_objects(item.get(key), f"{where}[{index}].{key}")
+
+
+def _named_object(item: Any) -> bool:
+    """An object whose name is a string, null or absent."""
+    if not isinstance(item, dict):
+        return False
+    name = item.get("name")
+    return name is None or isinstance(name, str)
+
+
+def _raise_for_entry(item: Any, where: str) -> None:
+    """Name what is wrong with an entry `_named_object` refused (its path is only formatted for the error: a pod has
+    dozens of env entries, each checked on every review)."""
+    if not isinstance(item, dict):
+        raise PodShapeError(f"{where} must be an object")
+    raise PodShapeError(f"{where}.name must be a string")
 
 
 def _check_optional_string(value: Any, where: str) -> None:
