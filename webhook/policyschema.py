@@ -1,7 +1,7 @@
 """The policy file's schema (`--policy`): pydantic models and the parser whose errors name each bad key.
 
-Kept apart from the checks in webhook/policy.py, which run per request and are compiled with mypyc in the compiled
-build; pydantic models must stay interpreted.
+Kept apart from the checks in webhook/policy.py, which run per request: reading a policy file and checking a pod are
+separate concerns.
 """
 
 from __future__ import annotations
