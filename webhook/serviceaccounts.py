@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
 from webhook.cache import ListWatchCache, LookupFailed, NamespacedStore, core_api
-from webhook.manifests import Manifest, service_account_info
+from webhook.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info, shape_problem
 from webhook.metrics import Metrics
 from webhook.mutation import ServiceAccountInfo
 from webhook.policy import OVERRIDE_PREFIX, NamespaceInfo
@@ -44,6 +44,8 @@ class ServiceAccountSource(Protocol):
 def namespace_info(obj: dict[str, Any]) -> NamespaceInfo:
     """Shrink a Namespace to its name and `wi-webhook/*` labels and annotations (policy overrides)."""
     metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ObjectShapeError(f"metadata must be a mapping, got {type(metadata).__name__}")
 
     def ours(values: Any) -> dict[str, str]:
         if not isinstance(values, dict):
@@ -65,9 +67,22 @@ class StaticServiceAccounts:
     @classmethod
     def from_manifests(cls, manifests: Iterable[Manifest], default_namespace: str = "default"
                        ) -> StaticServiceAccounts:
-        objs = [m.obj for m in manifests]
-        return cls((service_account_info(o, default_namespace) for o in objs if o.get("kind") == "ServiceAccount"),
-                   (namespace_info(o) for o in objs if o.get("kind") == "Namespace"))
+        """ManifestError (naming the file, document and field) for a ServiceAccount or Namespace of the wrong
+        shape."""
+        accounts, namespaces = [], []
+        for manifest in manifests:
+            kind = manifest.obj.get("kind")
+            if kind not in ("ServiceAccount", "Namespace"):
+                continue
+            problem = shape_problem(manifest.obj)
+            if problem is not None:
+                raise ManifestError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, "
+                                    f"{kind}): {problem}")
+            if kind == "ServiceAccount":
+                accounts.append(service_account_info(manifest.obj, default_namespace))
+            else:
+                namespaces.append(namespace_info(manifest.obj))
+        return cls(accounts, namespaces)
 
     def add(self, sa: ServiceAccountInfo) -> None:
         self._store[(sa.namespace, sa.name)] = Lookup(sa, "cache")
