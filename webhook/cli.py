@@ -236,25 +236,25 @@ def run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(supervise(options, list(args.raw_argv)))
     metrics = Metrics()
     source: ServiceAccountSource
-    rotator = None
+    rotator, probe = None, None
     if args.objects:
         source = _static_source(args.objects)
         native = options.native_sidecar == "true"
     else:
         api = _api_client(options.kubeconfig)
         native = options.native_sidecar == "true"
-        if options.native_sidecar == "auto":
+        if options.native_sidecar == "auto":  # asked in serve(), retried: the API server may be down (issue 18)
             from kubernetes import client
 
-            native = parse_server_version(client.VersionApi(api).get_code().git_version) >= \
-                NATIVE_SIDECAR_MIN_VERSION
+            probe = lambda: parse_server_version(client.VersionApi(api).get_code(  # noqa: E731
+                _request_timeout=5).git_version) >= NATIVE_SIDECAR_MIN_VERSION
         source = ClusterServiceAccounts(api, metrics, lookup_timeout=options.serviceaccount_lookup_timeout,
                                         client_factory=lambda: _api_client(options.kubeconfig))
         if not options.disable_cert_rotation and not options.worker_index:
             rotator = _rotator(api, options)  # with --workers, only worker 0 rotates
     handler = AdmissionHandler(_config(options, native), source, metrics, policy,
                                DecisionCache(max_entries=options.decision_cache_size))
-    run_event_loop(serve(options, handler, rotator=rotator), options.event_loop)
+    run_event_loop(serve(options, handler, rotator=rotator, native_sidecar_probe=probe), options.event_loop)
     return 0
 
 

@@ -25,11 +25,11 @@ from webhook import limits
 class ConnectionGuard:
     """The open connections of one listener and their timers (event loop only)."""
 
-    def __init__(self, max_connections: int = limits.MAX_CONNECTIONS, header_timeout: float = limits.HEADER_TIMEOUT,
-                 idle_timeout: float = limits.IDLE_TIMEOUT) -> None:
-        self.max_connections = max_connections
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
+    def __init__(self, bounds: limits.Limits | None = None) -> None:
+        bounds = bounds or limits.Limits()
+        self.max_connections = bounds.max_connections
+        self.header_timeout = bounds.header_timeout
+        self.idle_timeout = bounds.idle_timeout
         self.open: dict[Any, _Tracked] = {}  # transport -> its tracker
         self.refused = 0
         self.timed_out = 0

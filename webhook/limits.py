@@ -17,6 +17,9 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 log = logging.getLogger("webhook")
 
@@ -38,8 +41,43 @@ IDLE_TIMEOUT = 30.0
 # most this whole budget, so one review of any allowed size can always run alone. Four 3 MiB pods at once.
 MAX_INFLIGHT_BODY_BYTES = 12 * 1024 * 1024
 # Distinct request namespaces given their own metric series; later ones share the series namespace="_other".
-MAX_METRIC_NAMESPACES = 500
+MAX_METRIC_NAMESPACES = 250
 OTHER_NAMESPACE = "_other"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The figures above, each overridable by an environment variable (WI_WEBHOOK_<NAME>) for the rare cluster
+    that needs another bound and for tests that cannot wait 30 s; not flags, because nobody should need them."""
+
+    max_connections: int = MAX_CONNECTIONS
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    max_inflight_body_bytes: int = MAX_INFLIGHT_BODY_BYTES
+    max_metric_namespaces: int = MAX_METRIC_NAMESPACES
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Limits:
+        """ValueError naming the variable when one is set to something other than a positive number."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            variable = f"WI_WEBHOOK_{item.name.upper()}"
+            text = environ.get(variable, "").strip()
+            if not text:
+                continue
+            kind = int if item.type == "int" else float
+            try:
+                value = kind(text)
+            except ValueError:
+                value = 0
+            if not value > 0:
+                raise ValueError(f"{variable}={text!r} is not a positive {'whole ' if kind is int else ''}number; "
+                                 f"unset it to use the default ({getattr(cls, item.name)})")
+            values[item.name] = value
+        return cls(**values)
+
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

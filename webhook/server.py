@@ -26,7 +26,7 @@ from webhook.config import ServeOptions, parse_addr
 from webhook.connections import ConnectionGuard, GuardedSite, guard_middleware
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.handler import AdmissionHandler
-from webhook.limits import BODY_TIMEOUT, IDLE_TIMEOUT, BodyBudget, tune_allocator
+from webhook.limits import BodyBudget, Limits, tune_allocator
 from webhook.manifests import ObjectShapeError
 from webhook.metrics import Metrics
 from webhook.rotation import CertRotator
@@ -42,8 +42,10 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: ConnectionGuard | None = None,
-                budget: BodyBudget | None = None) -> web.Application:
-    budget = budget or BodyBudget()
+                bounds: Limits | None = None) -> web.Application:
+    bounds = bounds or Limits()
+    budget = BodyBudget(bounds.max_inflight_body_bytes)
+    body_timeout = bounds.body_timeout
 
     def endpoint(answer_with: Callable[[bytes], Awaitable[bytes]]) -> Callable[[web.Request], Awaitable[web.Response]]:
         # One coroutine per route that calls the handler itself: a shared coroutine in between costs a frame per
@@ -57,16 +59,16 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
             if refused is not None:
                 return refused
             size = budget.charge(request.content_length, max_request_bytes)
-            if not await budget.acquire(size, BODY_TIMEOUT):
+            if not await budget.acquire(size, body_timeout):
                 return closing(json_error(503, "too many large reviews in flight; retry"))
             try:
                 try:
-                    body = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+                    body = await asyncio.wait_for(request.read(), body_timeout)
                 except web.HTTPRequestEntityTooLarge:
                     return closing(json_error(413, f"request body larger than the configured limit of "
                                                    f"{max_request_bytes} bytes (--max-request-bytes)"))
                 except TimeoutError:
-                    return closing(json_error(408, f"request body not received within {BODY_TIMEOUT:.0f}s"))
+                    return closing(json_error(408, f"request body not received within {body_timeout:g}s"))
                 try:
                     reply = await answer_with(body)
                 except BadReview as exc:
@@ -186,15 +188,16 @@ async def start_site(app: web.Application, addr: tuple[str, int], *, ssl_context
     return runner
 
 
-async def start_webhook_site(app: web.Application, addr: tuple[str, int], guard: ConnectionGuard, *,
+async def start_webhook_site(app: web.Application, addr: tuple[str, int], guard: ConnectionGuard, bounds: Limits, *,
                              ssl_context: ssl.SSLContext, shutdown_timeout: float, reuse_port: bool) -> web.AppRunner:
     """The webhook port: bounded connections (webhook/connections.py), aiohttp's keep-alive timeout at ours, and
     no decompression of request bodies (see encoding_refusal)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, keepalive_timeout=IDLE_TIMEOUT,
-                           auto_decompress=False)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=bounds.idle_timeout, auto_decompress=False)
     await runner.setup()
     site = GuardedSite(runner, addr[0] or None, addr[1], guard, ssl_context=ssl_context, reuse_address=True,
-                       shutdown_timeout=shutdown_timeout, reuse_port=reuse_port or None)
+                       shutdown_timeout=shutdown_timeout, reuse_port=reuse_port or None,
+                       handshake_timeout=bounds.handshake_timeout)
     await site.start()
     return runner
 
@@ -216,6 +219,12 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     /healthz and /metrics answer at once; the webhook port opens when the certificates are loaded and the start-up
     calls (native_sidecar_probe) have succeeded, which /readyz reports until then."""
     stop = stop or asyncio.Event()
+    try:
+        bounds = Limits.from_env(os.environ)
+    except ValueError as exc:
+        log.error(str(exc))
+        raise SystemExit(2) from None
+    handler.metrics.admission.max_namespaces = bounds.max_metric_namespaces
     tune_allocator()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -249,9 +258,9 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
         if stop.is_set():
             return
-        guard = ConnectionGuard()
-        webhook = await start_webhook_site(webhook_app(handler, options.max_request_bytes, guard),
-                                           (options.host, options.port), guard, ssl_context=cert.context,
+        guard = ConnectionGuard(bounds)
+        webhook = await start_webhook_site(webhook_app(handler, options.max_request_bytes, guard, bounds),
+                                           (options.host, options.port), guard, bounds, ssl_context=cert.context,
                                            shutdown_timeout=options.shutdown_timeout, reuse_port=options.workers > 1)
         runners.insert(0, webhook)
         log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":

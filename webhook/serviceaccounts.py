@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
@@ -23,6 +26,17 @@ class Lookup(NamedTuple):
 
 
 _MISSING = Lookup(None, "missing")
+# How long a ServiceAccount found missing by a live GET is believed missing without asking again (seconds), and
+# how many such names are remembered. Short: the ServiceAccount may be created a moment later, and the watch
+# (which is always asked first) normally delivers it well within this.
+NEGATIVE_TTL = 2.0
+NEGATIVE_MAX_ENTRIES = 10_000
+# Kubernetes object names (DNS-1123 subdomain); anything else cannot exist, so it is never looked up.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def is_dns_subdomain(name: str) -> bool:
+    return len(name) <= 253 and _SUBDOMAIN.fullmatch(name) is not None
 
 
 class ServiceAccountSource(Protocol):
@@ -167,13 +181,16 @@ class ClusterServiceAccounts:
 
     def __init__(self, api_client: Any, metrics: Metrics, *, lookup_timeout: float = 2.0,
                  client_factory: Callable[[], Any] | None = None, watch_namespaces: bool = True,
-                 **cache_args: Any) -> None:
+                 negative_ttl: float = NEGATIVE_TTL, **cache_args: Any) -> None:
         self._metrics = metrics
         self.accounts = _ServiceAccountCache(api_client, metrics, client_factory, lookup_timeout=lookup_timeout,
                                              **cache_args)
         self.namespaces = _NamespaceCache(api_client, client_factory, lookup_timeout=lookup_timeout,
                                           **cache_args) if watch_namespaces else None
         self._last = _MISSING  # the last cache answer, reused while it is the same object (event loop only)
+        self.negative_ttl = negative_ttl
+        self._negative: dict[Key, float] = {}  # a ServiceAccount found missing -> until when that is believed
+        self._pending: dict[Key, asyncio.Future[Lookup]] = {}  # live GETs in flight, shared by concurrent reviews
 
     def cached(self, namespace: str, name: str) -> Lookup | None:
         sa = self.accounts.cached((namespace, name))
@@ -186,16 +203,48 @@ class ClusterServiceAccounts:
         return last
 
     async def get(self, namespace: str, name: str) -> Lookup:
+        """A cache miss: one live GET per key at a time (concurrent reviews share it), and a missing answer is
+        remembered for NEGATIVE_TTL seconds. Why: a flood of reviews for a ServiceAccount that does not exist
+        (a buggy controller) cost the API server 2 GETs each. The negative entry is consulted only after the
+        watch cache: once the watch delivers a ServiceAccount created since, it is found at once."""
         hit = self.cached(namespace, name)
         if hit is not None:
             return hit
+        key = (namespace, name)
+        if not is_dns_subdomain(name) or (namespace and not is_dns_subdomain(namespace)):
+            self._metrics.sa_lookup("missing").inc()
+            return _MISSING  # no such object can exist: nothing to ask the API server
+        expires = self._negative.get(key)
+        if expires is not None:
+            if time.monotonic() < expires:
+                self._metrics.sa_lookup("missing").inc()
+                return _MISSING
+            del self._negative[key]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._fetch(key))
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        lookup = await asyncio.shield(pending)
+        self._metrics.sa_lookup(lookup.source).inc()
+        return lookup
+
+    async def _fetch(self, key: Key) -> Lookup:
         try:
-            found = await self.accounts.fetch((namespace, name))
+            found = await self.accounts.fetch(key)
         except LookupFailed as exc:
-            self._metrics.sa_lookup("error").inc()
             return Lookup(None, "error", error=str(exc))
-        self._metrics.sa_lookup("live" if found else "missing").inc()
-        return Lookup(found, "live" if found else "missing")
+        if found is None:
+            self._remember_missing(key)
+            return _MISSING
+        return Lookup(found, "live")
+
+    def _remember_missing(self, key: Key) -> None:
+        """Bounded: the oldest entries go first (dicts keep insertion order), so names a caller makes up cannot
+        grow memory past NEGATIVE_MAX_ENTRIES."""
+        self._negative.pop(key, None)
+        while len(self._negative) >= NEGATIVE_MAX_ENTRIES:
+            del self._negative[next(iter(self._negative))]
+        self._negative[key] = time.monotonic() + self.negative_ttl
 
     async def namespace(self, name: str) -> NamespaceInfo | None:
         if self.namespaces is None:
