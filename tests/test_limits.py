@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.limits_support import closed_by_server, concurrent_posts, large_pod, memory_kb, open_idle, review
-from tests.processes import WebhookProcess
+from tests.processes import WebhookProcess, free_port
 from tests.test_hardening import SA
 
 MB = 1024  # /proc figures are in KB
@@ -208,3 +208,48 @@ def test_memory_is_given_back_after_connection_floods(tmp_path: Path, capsys: py
         print(f"\nlimits: RSS after each of 3 rounds of 400 connections: {[kb // MB for kb in after]} MB")
     assert after[-1] - after[0] < 8 * MB
     assert after[-1] < 100 * MB
+
+
+def kubeconfig(path: Path, port: int) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u}}}}]
+current-context: c
+""")
+    return path
+
+
+@pytest.mark.parametrize("api_server", ["down", "hung"])
+def test_serve_starts_without_the_api_server_and_says_why_it_is_not_ready(tmp_path: Path, api_server: str) -> None:
+    """/healthz answers at once, /readyz fails with the reason, the process retries instead of exiting (it died
+    with a traceback when the API server was down, and never answered /healthz when it hung)."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # accepts TCP connections (in the backlog) and never answers
+    port = hung.getsockname()[1] if api_server == "hung" else free_port()
+    config = kubeconfig(tmp_path / "kubeconfig", port)
+    server = WebhookProcess(tmp_path, ["--kubeconfig", str(config), "--disable-cert-rotation",
+                                       "--native-sidecar", "auto"])
+    try:
+        deadline = time.monotonic() + 20
+        health = None
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            try:
+                health = server.get(server.health_port, "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health is not None and health[0] == 200, server.logs()[-2000:]
+        time.sleep(2.5 if api_server == "down" else 8)
+        status, text = server.get(server.health_port, "/readyz")
+        assert server.proc.poll() is None, server.logs()[-2000:]
+        assert status == 503 and "waiting for the API server version" in text, text
+        assert ("timed out" in text or "Timeout" in text) if api_server == "hung" else "attempt" in text, text
+        assert "retrying" in server.logs()
+    finally:
+        code = server.stop()
+        hung.close()
+    assert code == 0, server.logs()[-3000:]
+    assert "Traceback" not in server.logs()

@@ -150,7 +150,8 @@ class ListWatchCache(Generic[K, V]):
             with contextlib.suppress(Exception):
                 response.close()
         if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
+            # A daemon thread: one stuck in a call to a hung API server must not hold up the exit for long.
+            self._thread.join(timeout=1)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- watch thread ----------------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from webhook.handler import AdmissionHandler
     from webhook.metrics import Metrics
     from webhook.server import serve
+    from webhook.startup import exit_past_stuck_threads
 
     if args.version:
         print(package_version())
@@ -255,6 +256,7 @@ def run_serve(args: argparse.Namespace) -> int:
     handler = AdmissionHandler(_config(options, native), source, metrics, policy,
                                DecisionCache(max_entries=options.decision_cache_size))
     run_event_loop(serve(options, handler, rotator=rotator, native_sidecar_probe=probe), options.event_loop)
+    exit_past_stuck_threads(0)
     return 0
 
 
