@@ -193,3 +193,20 @@ def test_startup_error_names_the_setting(tmp_path: Path) -> None:
     assert process.proc.wait(30) == 2
     process.stop()
     assert "--tls-min-version" in process.logs()
+
+
+def test_tls_min_version_1_0_and_1_1_mean_1_2_with_a_warning(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """OpenSSL refuses TLS 1.0/1.1 anyway: the listener says so and enforces 1.2 instead of pretending (issue 18)."""
+    import ssl
+
+    from webhook.tls import ServingCertificate
+
+    for requested in ("1.0", "1.1"):
+        with caplog.at_level("WARNING", logger="tls"):
+            cert = ServingCertificate(tmp_path, requested)
+        assert cert.context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert f"--tls-min-version {requested}" in caplog.text and "the minimum is 1.2" in caplog.text
+        caplog.clear()
+    assert ServingCertificate(tmp_path, "1.3").context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert caplog.text == ""

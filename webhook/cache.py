@@ -91,6 +91,7 @@ class ListWatchCache(Generic[K, V]):
         self._resource_version = ""
         self._synced = threading.Event()
         self._connected = False
+        self._last_error = ""
         self._stopping = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-watch", daemon=True)
@@ -132,7 +133,8 @@ class ListWatchCache(Generic[K, V]):
 
     def ready(self) -> tuple[bool, str]:
         if not self._synced.is_set():
-            return False, f"{self.kind} cache has not synced yet"
+            why = f": {self._last_error} (retrying)" if self._last_error else ""
+            return False, f"{self.kind} cache has not synced yet{why}"
         state = "watching" if self._connected else "API server unreachable, serving cached objects"
         return True, f"{len(self._store)} {self.kind}s cached; {state}"
 
@@ -180,6 +182,7 @@ class ListWatchCache(Generic[K, V]):
                 if self._stopping.is_set():
                     break
                 self._set_connected(False)
+                self._last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 log.warning(f"{self.kind} list/watch failed; retrying",
                             extra={"error": str(exc)[:300], "retry-in": backoff})
                 self._stopping.wait(backoff)

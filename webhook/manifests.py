@@ -97,8 +97,11 @@ def _flatten(obj: Any, source: str, index: int, line: int) -> Iterator[Manifest]
 
 
 def _documents(text: str) -> Iterator[tuple[Any, int]]:
-    """Each YAML/JSON document with the line it starts on (1-based)."""
-    loader = yaml.SafeLoader(text)
+    """Each YAML/JSON document with the line it starts on (1-based).
+
+    libyaml's loader when PyYAML has it (the wheels do): the pure-Python one took 26 s and 230 MB for 50k
+    ServiceAccounts given to `serve --objects`."""
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -123,6 +126,7 @@ def load(paths: Iterable[str]) -> list[Manifest]:
 
 
 _MISSING = object()
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Pairs(Mapping[str, str]):
