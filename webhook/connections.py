@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -47,9 +48,14 @@ class ConnectionGuard:
                                        timeout=self.header_timeout)
                     tracked.transport.abort()  # a slow sender: no graceful TLS close_notify exchange
             elif now - tracked.idle_since > self.idle_timeout:
-                tracked.transport.close()
+                # abort, not close: a TLS close waits (up to 30 s) for the peer's close_notify, holding the
+                # connection's buffers (256 KiB each on the asyncio loop) meanwhile. An idle client just reconnects.
+                tracked.transport.abort()
         if self._peak > 64 and len(self.open) < self._peak // 4:
-            limits.release_memory()  # a flood has drained: give its buffers back
+            # A flood has drained: collect its transports (asyncio's hold reference cycles, which an idle process
+            # would otherwise keep until the collector happens to run) and give their buffers back.
+            gc.collect()
+            limits.release_memory()
             self._peak = len(self.open)
 
     def _added(self, tracked: _Tracked) -> bool:

@@ -18,7 +18,7 @@ import ctypes.util
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 log = logging.getLogger("webhook")
@@ -26,6 +26,9 @@ log = logging.getLogger("webhook")
 # Connections to the webhook port held open at once (established TLS); one more is closed at once. The API server
 # opens one per concurrent review; 1,000 idle ones cost about 30 MB (chart README "Memory").
 MAX_CONNECTIONS = 1000
+# The same on the plain asyncio event loop (`--event-loop asyncio`), whose TLS transport fills a 256 KiB read buffer
+# per connection (uvloop's costs about 20 KB): 250 of them hold about 70 MB.
+ASYNCIO_MAX_CONNECTIONS = 250
 # A TLS handshake must finish within this many seconds (asyncio's default is 60).
 HANDSHAKE_TIMEOUT = 5.0
 # From its first byte, a request's headers must arrive within this many seconds, and then its body within
@@ -57,6 +60,14 @@ class Limits:
     idle_timeout: float = IDLE_TIMEOUT
     max_inflight_body_bytes: int = MAX_INFLIGHT_BODY_BYTES
     max_metric_namespaces: int = MAX_METRIC_NAMESPACES
+
+    @classmethod
+    def for_loop(cls, environ: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> Limits:
+        """`from_env`, with the lower connection cap on an event loop other than uvloop's unless one is set."""
+        bounds = cls.from_env(environ)
+        if not type(loop).__module__.startswith("uvloop") and not environ.get("WI_WEBHOOK_MAX_CONNECTIONS", "").strip():
+            bounds = replace(bounds, max_connections=ASYNCIO_MAX_CONNECTIONS)
+        return bounds
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Limits:

@@ -193,7 +193,7 @@ async def start_webhook_site(app: web.Application, addr: tuple[str, int], guard:
     """The webhook port: bounded connections (webhook/connections.py), aiohttp's keep-alive timeout at ours, and
     no decompression of request bodies (see encoding_refusal)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
-                           keepalive_timeout=bounds.idle_timeout, auto_decompress=False)
+                           keepalive_timeout=bounds.idle_timeout + 2, auto_decompress=False)  # ours comes first
     await runner.setup()
     site = GuardedSite(runner, addr[0] or None, addr[1], guard, ssl_context=ssl_context, reuse_address=True,
                        shutdown_timeout=shutdown_timeout, reuse_port=reuse_port or None,
@@ -219,15 +219,15 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     /healthz and /metrics answer at once; the webhook port opens when the certificates are loaded and the start-up
     calls (native_sidecar_probe) have succeeded, which /readyz reports until then."""
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
     try:
-        bounds = Limits.from_env(os.environ)
+        bounds = Limits.for_loop(os.environ, loop)
     except ValueError as exc:
         log.error(str(exc))
         raise SystemExit(2) from None
     handler.metrics.admission.max_namespaces = bounds.max_metric_namespaces
     tune_allocator()
-    release_memory()  # what reading --objects files left behind (50k ServiceAccounts: about 60 MB)
-    loop = asyncio.get_running_loop()
+    release_memory()  # what reading --objects files left behind
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
