@@ -122,7 +122,7 @@ def test_compressed_bodies_are_refused_before_reading(tmp_path: Path) -> None:
             raw.sendall(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Transfer-Encoding: gzip, chunked\r\n\r\n" + b"%x\r\n" % len(bomb) + bomb + b"\r\n0\r\n\r\n")
             reply = raw.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
+        assert reply.startswith(b"HTTP/1.1 415"), reply[:100]
         peak_after = memory_kb(server.proc.pid)["VmHWM"]
         assert server.post(review())[0] == 200
     finally:
@@ -258,3 +258,18 @@ def test_serve_starts_without_the_api_server_and_says_why_it_is_not_ready(tmp_pa
         hung.close()
     assert code == 0, server.logs()[-3000:]
     assert "Traceback" not in server.logs()
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
+    server = start(tmp_path, {"WI_WEBHOOK_BODY_TIMEOUT": "1"})
+    try:
+        raw = server.ssl_context().wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=5),
+                                               server_hostname="127.0.0.1")
+        with raw:
+            raw.sendall(b"POST /mutate-v1-pod HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"apiVersion\"")  # then nothing
+            reply = raw.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1s" in reply, reply[:200]
+        assert server.post(review())[0] == 200
+    finally:
+        assert server.stop() == 0

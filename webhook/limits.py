@@ -142,6 +142,13 @@ class BodyBudget:
         size = declared if declared is not None and declared >= 0 else max_request_bytes
         return min(size, self.limit)
 
+    def try_acquire(self, size: int) -> bool:
+        """Take `size` bytes when they are free and nobody waits (the usual case: no coroutine needed)."""
+        if self.used + size <= self.limit and not self._waiters:
+            self.used += size
+            return True
+        return False
+
     async def acquire(self, size: int, timeout: float) -> bool:
         """Take `size` bytes of the budget, waiting up to `timeout` seconds; False when it did not free up."""
         if self.used + size <= self.limit and not self._waiters:

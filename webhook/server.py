@@ -59,11 +59,13 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
             if refused is not None:
                 return refused
             size = budget.charge(request.content_length, max_request_bytes)
-            if not await budget.acquire(size, body_timeout):
+            if not budget.try_acquire(size) and not await budget.acquire(size, body_timeout):
                 return closing(json_error(503, "too many large reviews in flight; retry"))
             try:
                 try:
-                    body = await asyncio.wait_for(request.read(), body_timeout)
+                    # The usual review arrived whole with its headers: no deadline task needed to read it.
+                    body = await (request.read() if request.content.is_eof() else
+                                  asyncio.wait_for(request.read(), body_timeout))
                 except web.HTTPRequestEntityTooLarge:
                     return closing(json_error(413, f"request body larger than the configured limit of "
                                                    f"{max_request_bytes} bytes (--max-request-bytes)"))
