@@ -216,8 +216,40 @@ def test_negative_entries_are_bounded() -> None:
     async def many() -> None:
         source, _ = counted_source()
         for index in range(serviceaccounts.NEGATIVE_MAX_ENTRIES + 50):
-            source._remember_missing(("ns", f"sa-{index}"))
-        assert len(source._negative) == serviceaccounts.NEGATIVE_MAX_ENTRIES
-        assert ("ns", "sa-0") not in source._negative and ("ns", "sa-10049") in source._negative
+            source._sa_lookups.remember_missing(("ns", f"sa-{index}"))
+        negative = source._sa_lookups.negative
+        assert len(negative) == serviceaccounts.NEGATIVE_MAX_ENTRIES
+        assert ("ns", "sa-0") not in negative and ("ns", "sa-10049") in negative
 
     asyncio.run(many())
+
+
+def test_missing_namespace_lookups_are_coalesced_and_remembered_too() -> None:
+    """Policy namespace overrides look the review's namespace up: made-up namespaces must not become GETs each."""
+    import asyncio
+
+    from webhook.serviceaccounts import LiveLookups
+
+    class Namespaces:
+        def __init__(self) -> None:
+            self.gets = 0
+
+        def cached(self, name: str) -> None:
+            return None
+
+        async def fetch(self, name: str) -> None:
+            self.gets += 1
+            await asyncio.sleep(0.05)
+            return None
+
+    async def flood() -> None:
+        source, _ = counted_source()
+        fake = Namespaces()
+        source.namespaces = fake  # type: ignore[assignment]
+        source._ns_lookups = LiveLookups(fake.fetch, 30.0)
+        answers = await asyncio.gather(*(source.namespace("made-up") for _ in range(100)))
+        assert answers == [None] * 100 and fake.gets == 1
+        assert await source.namespace("made-up") is None and fake.gets == 1
+        assert await source.namespace("Not_A_Namespace") is None and fake.gets == 1
+
+    asyncio.run(flood())

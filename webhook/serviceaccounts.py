@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from webhook.cache import ListWatchCache, LookupFailed, NamespacedStore, core_api
 from webhook.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info, shape_problem
@@ -15,6 +15,8 @@ from webhook.mutation import ServiceAccountInfo
 from webhook.policy import OVERRIDE_PREFIX, NamespaceInfo
 
 Key = tuple[str, str]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Lookup(NamedTuple):
@@ -176,6 +178,49 @@ class _NamespaceCache(ListWatchCache[str, NamespaceInfo]):
         return info.name, info
 
 
+class LiveLookups(Generic[K, V]):
+    """Live GETs for cache misses of one kind: one GET per key at a time (concurrent reviews share it), and an
+    object found missing is believed missing for `ttl` seconds (at most NEGATIVE_MAX_ENTRIES keys, oldest out
+    first, so names a caller makes up cannot grow memory).
+
+    Why: a flood of reviews for a ServiceAccount that does not exist (a buggy controller) cost the API server 2
+    GETs each. Callers ask their watch cache first, so an object created since is found as soon as the watch
+    delivers it, whatever a negative entry says; only a watch lagging behind the creation can make a review see
+    "missing" for up to `ttl` seconds (the pod's controller retries).
+    """
+
+    def __init__(self, fetch: Callable[[K], Awaitable[V | None]], ttl: float) -> None:
+        self._fetch = fetch
+        self.ttl = ttl
+        self.negative: dict[K, float] = {}  # key -> until when it is believed missing
+        self._pending: dict[K, asyncio.Future[V | None]] = {}
+
+    async def get(self, key: K) -> V | None:
+        """The object, or None when it does not exist; LookupFailed when the API server did not answer."""
+        expires = self.negative.get(key)
+        if expires is not None:
+            if time.monotonic() < expires:
+                return None
+            del self.negative[key]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._run(key))
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _run(self, key: K) -> V | None:
+        found = await self._fetch(key)
+        if found is None:
+            self.remember_missing(key)
+        return found
+
+    def remember_missing(self, key: K) -> None:
+        self.negative.pop(key, None)
+        while len(self.negative) >= NEGATIVE_MAX_ENTRIES:
+            del self.negative[next(iter(self.negative))]
+        self.negative[key] = time.monotonic() + self.ttl
+
+
 class ClusterServiceAccounts:
     """ServiceAccounts from the cluster; Namespaces too when policy namespace overrides are enabled."""
 
@@ -188,9 +233,10 @@ class ClusterServiceAccounts:
         self.namespaces = _NamespaceCache(api_client, client_factory, lookup_timeout=lookup_timeout,
                                           **cache_args) if watch_namespaces else None
         self._last = _MISSING  # the last cache answer, reused while it is the same object (event loop only)
-        self.negative_ttl = negative_ttl
-        self._negative: dict[Key, float] = {}  # a ServiceAccount found missing -> until when that is believed
-        self._pending: dict[Key, asyncio.Future[Lookup]] = {}  # live GETs in flight, shared by concurrent reviews
+        self._sa_lookups: LiveLookups[Key, ServiceAccountInfo] = LiveLookups(lambda key: self.accounts.fetch(key),
+                                                                             negative_ttl)
+        self._ns_lookups: LiveLookups[str, NamespaceInfo] | None = (
+            LiveLookups(self.namespaces.fetch, negative_ttl) if self.namespaces is not None else None)
 
     def cached(self, namespace: str, name: str) -> Lookup | None:
         sa = self.accounts.cached((namespace, name))
@@ -203,57 +249,31 @@ class ClusterServiceAccounts:
         return last
 
     async def get(self, namespace: str, name: str) -> Lookup:
-        """A cache miss: one live GET per key at a time (concurrent reviews share it), and a missing answer is
-        remembered for NEGATIVE_TTL seconds. Why: a flood of reviews for a ServiceAccount that does not exist
-        (a buggy controller) cost the API server 2 GETs each. The negative entry is consulted only after the
-        watch cache: once the watch delivers a ServiceAccount created since, it is found at once."""
+        """A cache miss: a live GET, shared and remembered when missing (see LiveLookups)."""
         hit = self.cached(namespace, name)
         if hit is not None:
             return hit
-        key = (namespace, name)
         if not is_dns_subdomain(name) or (namespace and not is_dns_subdomain(namespace)):
             self._metrics.sa_lookup("missing").inc()
             return _MISSING  # no such object can exist: nothing to ask the API server
-        expires = self._negative.get(key)
-        if expires is not None:
-            if time.monotonic() < expires:
-                self._metrics.sa_lookup("missing").inc()
-                return _MISSING
-            del self._negative[key]
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = asyncio.ensure_future(self._fetch(key))
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
-        lookup = await asyncio.shield(pending)
-        self._metrics.sa_lookup(lookup.source).inc()
-        return lookup
-
-    async def _fetch(self, key: Key) -> Lookup:
         try:
-            found = await self.accounts.fetch(key)
+            found = await self._sa_lookups.get((namespace, name))
         except LookupFailed as exc:
+            self._metrics.sa_lookup("error").inc()
             return Lookup(None, "error", error=str(exc))
-        if found is None:
-            self._remember_missing(key)
-            return _MISSING
-        return Lookup(found, "live")
-
-    def _remember_missing(self, key: Key) -> None:
-        """Bounded: the oldest entries go first (dicts keep insertion order), so names a caller makes up cannot
-        grow memory past NEGATIVE_MAX_ENTRIES."""
-        self._negative.pop(key, None)
-        while len(self._negative) >= NEGATIVE_MAX_ENTRIES:
-            del self._negative[next(iter(self._negative))]
-        self._negative[key] = time.monotonic() + self.negative_ttl
+        self._metrics.sa_lookup("live" if found else "missing").inc()
+        return Lookup(found, "live") if found else _MISSING
 
     async def namespace(self, name: str) -> NamespaceInfo | None:
-        if self.namespaces is None:
+        if self.namespaces is None or self._ns_lookups is None:
             return None
         cached = self.namespaces.cached(name)
         if cached is not None:
             return cached
+        if not is_dns_subdomain(name):
+            return None
         try:
-            return await self.namespaces.fetch(name)
+            return await self._ns_lookups.get(name)
         except LookupFailed:
             return None  # no overrides rather than a denial: the rules' own modes still apply
 
