@@ -16,74 +16,26 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlparse
-
-import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.limits_support import concurrent_posts, large_pod, memory_kb, open_idle, review  # noqa: E402
+from tests.limits_support import (  # noqa: E402
+    account,
+    concurrent_posts,
+    large_pod,
+    memory_kb,
+    open_idle,
+    review,
+    stub_api_server,
+    stub_kubeconfig,
+)
 from tests.processes import WebhookProcess  # noqa: E402
 
 CLIENT_ID = "azure.workload.identity/client-id"
 TENANT = {"AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
-
-
-def account(index: int) -> dict[str, Any]:
-    """A realistic ServiceAccount: the client-id annotation, kubectl's last-applied annotation, a few labels."""
-    return {"metadata": {"name": f"sa-{index}", "namespace": f"team-{index % 300}", "resourceVersion": str(index),
-                         "uid": f"00000000-0000-0000-0000-{index:012d}",
-                         "annotations": {CLIENT_ID: f"{index:08d}-1111-2222-3333-444444444444",
-                                         "kubectl.kubernetes.io/last-applied-configuration": "{" + "x" * 200 + "}"},
-                         "labels": {"app": f"app-{index % 50}", "team": f"team-{index % 300}"}}}
-
-
-def stub_api_server(total: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *_: Any) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            query = {key: values[0] for key, values in parse_qs(url.query).items()}
-            if query.get("watch") in ("true", "1"):  # an idle watch until its timeout
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                time.sleep(min(float(query.get("timeoutSeconds", "30")), 30))
-                self.wfile.write(b"0\r\n\r\n")
-                return
-            if url.path == "/api/v1/serviceaccounts":
-                start = int(query.get("continue") or 0)
-                stop = min(start + int(query.get("limit", "500")), total)
-                more = {"continue": str(stop)} if stop < total else {}
-                body: dict[str, Any] = {"kind": "ServiceAccountList", "items": [account(i) for i in range(start, stop)],
-                                        "metadata": {"resourceVersion": "1", **more}}
-            elif url.path == "/api/v1/namespaces":
-                body = {"kind": "NamespaceList", "metadata": {"resourceVersion": "1"},
-                        "items": [{"metadata": {"name": f"team-{i}"}} for i in range(300)]}
-            else:
-                body = {"kind": "Status", "code": 404}
-            data = orjson.dumps(body)
-            self.send_response(404 if body["kind"] == "Status" else 200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def mb(kb: int) -> str:
@@ -92,14 +44,7 @@ def mb(kb: int) -> str:
 
 def cluster_mode(size: int, tmp: Path, load: bool) -> None:
     api = stub_api_server(size)
-    kubeconfig = tmp / f"kubeconfig-{size}"
-    kubeconfig.write_text(f"""apiVersion: v1
-kind: Config
-clusters: [{{name: stub, cluster: {{server: "http://127.0.0.1:{api.server_address[1]}"}}}}]
-users: [{{name: stub, user: {{token: stub}}}}]
-contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]
-current-context: stub
-""")
+    kubeconfig = stub_kubeconfig(tmp / f"kubeconfig-{size}", api)
     workdir = tmp / f"cluster-{size}"
     workdir.mkdir()
     started = time.monotonic()

@@ -9,6 +9,7 @@ The memory bounds are the chart's default limit less its headroom (charts/worklo
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import ssl
@@ -20,7 +21,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.limits_support import closed_by_server, concurrent_posts, large_pod, memory_kb, open_idle, review
+from tests.limits_support import (
+    closed_by_server,
+    concurrent_posts,
+    large_pod,
+    memory_kb,
+    open_idle,
+    review,
+    stub_api_server,
+    stub_kubeconfig,
+)
 from tests.processes import WebhookProcess, free_port
 from tests.test_hardening import SA
 
@@ -273,3 +283,27 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
         assert server.post(review())[0] == 200
     finally:
         assert server.stop() == 0
+
+
+def test_ready_means_the_webhook_port_is_open(tmp_path: Path) -> None:
+    """With --native-sidecar=auto the port opens after the version probe: /readyz must not say ok before it
+    (the API server got "connection refused" from a replica that reported ready). And SIGTERM with idle watches
+    (a real API server sends a bookmark about once a minute) ends the process within its grace period."""
+    api = stub_api_server(10)
+    try:
+        server = WebhookProcess(tmp_path, ["--kubeconfig", str(stub_kubeconfig(tmp_path / "kubeconfig", api)),
+                                           "--disable-cert-rotation", "--native-sidecar", "auto"])
+        try:
+            deadline = time.monotonic() + 30
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                with contextlib.suppress(OSError):
+                    status = server.get(server.health_port, "/readyz")[0]
+                time.sleep(0.02)
+            assert status == 200, server.logs()[-2000:]
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # no ConnectionRefusedError
+        finally:
+            # SIGTERM while the watches are idle: exit 0 at once (it waited for the next watch event, minutes).
+            assert server.stop(timeout=10) == 0
+    finally:
+        api.shutdown()

@@ -148,9 +148,10 @@ class ListWatchCache(Generic[K, V]):
         self._stopping.set()
         response = self._response
         if response is not None:
-            # Closing a socket another thread reads from may race; the stop flag ends the loop either way.
-            with contextlib.suppress(Exception):
-                response.close()
+            # Closed from a daemon thread of its own: closing the stream blocks until the watch thread's read
+            # returns, which an idle watch (no event, no bookmark) does only at its timeout (minutes) - SIGTERM
+            # then ended in the kubelet's SIGKILL. The stop flag ends the loop either way.
+            threading.Thread(target=_close_quietly, args=(response,), name=f"{self.kind}-close", daemon=True).start()
         if self._thread.ident is not None:  # started
             # A daemon thread: one stuck in a call to a hung API server must not hold up the exit for long.
             self._thread.join(timeout=1)
@@ -247,6 +248,11 @@ class ListWatchCache(Generic[K, V]):
             self._response = None
             response.release_conn()
         return False
+
+
+def _close_quietly(response: Any) -> None:
+    with contextlib.suppress(Exception):
+        response.close()
 
 
 def _lines(response: Any) -> Iterator[bytes]:

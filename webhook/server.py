@@ -123,6 +123,7 @@ class Health:
     rotator: CertRotator | None = None
     shutting_down: bool = False
     startup: StartupProbe[Any] | None = None
+    listening: bool = True  # False until the webhook port is open (serve sets it)
 
     def ready(self) -> tuple[bool, str]:
         if self.shutting_down:
@@ -133,6 +134,8 @@ class Health:
             return False, f"certs are not ready yet: rotator has not finished ({self.rotator.last_error or 'running'})"
         if not self.cert.loaded:
             return False, f"certs are not ready yet: {self.cert.last_error or 'waiting for tls.crt/tls.key'}"
+        if not self.listening:
+            return False, "the webhook port is not open yet"
         return self.source.ready()
 
 
@@ -235,7 +238,7 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             loop.add_signal_handler(sig, stop.set)
     cert = ServingCertificate(options.webhook_cert_dir, options.tls_min_version, handler.metrics)
     startup = native_sidecar_startup(handler, native_sidecar_probe) if native_sidecar_probe is not None else None
-    health = Health(cert, handler.source, rotator, startup=startup)
+    health = Health(cert, handler.source, rotator, startup=startup, listening=False)
     worker = options.worker_index is not None  # --workers: the supervisor serves health and metrics
     runners = [] if worker else [await start_site(health_app(health), parse_addr(options.health_addr)),
                                  await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
@@ -266,6 +269,7 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
                                            (options.host, options.port), guard, bounds, ssl_context=cert.context,
                                            shutdown_timeout=options.shutdown_timeout, reuse_port=options.workers > 1)
         runners.insert(0, webhook)
+        health.listening = True
         log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":
                                    options.tls_min_version})
         while not stop.is_set():
