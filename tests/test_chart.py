@@ -886,7 +886,7 @@ def test_readme_has_the_memory_table() -> None:
     readme = (CHART / "README.md").read_text()
     section = readme.split("## Memory", 1)[1].split("\n## ", 1)[0]
     for row in ("idle", "10k ServiceAccounts", "100k ServiceAccounts", "8 concurrent 3 MiB pods",
-                "1,000 idle connections", "--objects"):
+                "2,000 idle connections", "--objects"):
         assert row in section, row
 
 
