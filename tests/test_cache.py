@@ -135,3 +135,121 @@ def test_cluster_source_answers_from_the_cache_and_counts_each_hit() -> None:
     assert replaced is not None and replaced is not first and replaced.sa is not None
     assert replaced.sa.annotations[f"{WI}/client-id"] == "id-a2"
     assert metrics.registry.get_sample_value("wi_webhook_serviceaccount_lookups_total", {"source": "cache"}) == 3
+
+
+class Counted:
+    """Stands in for the ServiceAccount cache of ClusterServiceAccounts: a store the 'watch' writes, and a live
+    GET that counts its calls and answers from `api` (what the API server has) after a short delay."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str], ServiceAccountInfo] = {}
+        self.api: dict[tuple[str, str], ServiceAccountInfo] = {}
+        self.gets = 0
+
+    def cached(self, key: tuple[str, str]) -> ServiceAccountInfo | None:
+        return self.store.get(key)
+
+    async def fetch(self, key: tuple[str, str]) -> ServiceAccountInfo | None:
+        import asyncio
+
+        self.gets += 1
+        await asyncio.sleep(0.05)
+        return self.api.get(key)
+
+
+def counted_source(ttl: float = 30.0) -> tuple[Any, Counted]:
+    from webhook.serviceaccounts import ClusterServiceAccounts
+
+    source = ClusterServiceAccounts(None, Metrics(), watch_namespaces=False, negative_ttl=ttl)
+    fake = Counted()
+    source.accounts = fake  # type: ignore[assignment]
+    return source, fake
+
+
+def test_missing_service_account_lookups_are_coalesced_and_remembered_briefly() -> None:
+    """A flood of reviews for a ServiceAccount that does not exist: one GET for the concurrent ones and none
+    while the negative entry lasts (each cost 2 GETs before: 4,720 reviews -> 9,440 GETs)."""
+    import asyncio
+
+    async def flood() -> None:
+        source, fake = counted_source()
+        answers = await asyncio.gather(*(source.get("ns", "ghost") for _ in range(200)))
+        assert {a.source for a in answers} == {"missing"} and fake.gets == 1
+        for _ in range(100):
+            assert (await source.get("ns", "ghost")).source == "missing"
+        assert fake.gets == 1
+        assert (await source.get("ns", "Not_A_Name")).source == "missing" and fake.gets == 1  # cannot exist
+        assert (await source.get("ns", "other")).source == "missing" and fake.gets == 2  # another key: asked
+
+    asyncio.run(flood())
+
+
+def test_service_account_created_after_a_miss_is_found() -> None:
+    """The SA/pod creation race: the pod's first review finds no ServiceAccount; once it exists, the watch's
+    event makes the next review find it at once (the negative entry never hides the cache), and without the
+    event it is found by a live GET as soon as the short negative entry expires."""
+    import asyncio
+
+    async def race() -> None:
+        source, fake = counted_source(ttl=0.3)
+        assert (await source.get("ns", "late")).source == "missing"
+        sa = ServiceAccountInfo(namespace="ns", name="late", annotations={f"{WI}/client-id": "id"})
+        fake.store[("ns", "late")] = sa  # the watch delivered the new ServiceAccount
+        found = await source.get("ns", "late")
+        assert found.sa is sa and found.source == "cache"
+
+        assert (await source.get("ns", "later")).source == "missing"
+        fake.api[("ns", "later")] = sa  # created in the API server; the watch has not caught up
+        assert (await source.get("ns", "later")).source == "missing"  # within the negative entry
+        await asyncio.sleep(0.35)
+        live = await source.get("ns", "later")
+        assert live.sa is sa and live.source == "live" and fake.gets == 3
+
+    asyncio.run(race())
+
+
+def test_negative_entries_are_bounded() -> None:
+    import asyncio
+
+    from webhook import serviceaccounts
+
+    async def many() -> None:
+        source, _ = counted_source()
+        for index in range(serviceaccounts.NEGATIVE_MAX_ENTRIES + 50):
+            source._sa_lookups.remember_missing(("ns", f"sa-{index}"))
+        negative = source._sa_lookups.negative
+        assert len(negative) == serviceaccounts.NEGATIVE_MAX_ENTRIES
+        assert ("ns", "sa-0") not in negative and ("ns", "sa-10049") in negative
+
+    asyncio.run(many())
+
+
+def test_missing_namespace_lookups_are_coalesced_and_remembered_too() -> None:
+    """Policy namespace overrides look the review's namespace up: made-up namespaces must not become GETs each."""
+    import asyncio
+
+    from webhook.serviceaccounts import LiveLookups
+
+    class Namespaces:
+        def __init__(self) -> None:
+            self.gets = 0
+
+        def cached(self, name: str) -> None:
+            return None
+
+        async def fetch(self, name: str) -> None:
+            self.gets += 1
+            await asyncio.sleep(0.05)
+            return None
+
+    async def flood() -> None:
+        source, _ = counted_source()
+        fake = Namespaces()
+        source.namespaces = fake  # type: ignore[assignment]
+        source._ns_lookups = LiveLookups(fake.fetch, 30.0)
+        answers = await asyncio.gather(*(source.namespace("made-up") for _ in range(100)))
+        assert answers == [None] * 100 and fake.gets == 1
+        assert await source.namespace("made-up") is None and fake.gets == 1
+        assert await source.namespace("Not_A_Namespace") is None and fake.gets == 1
+
+    asyncio.run(flood())

@@ -569,8 +569,8 @@ def test_rbac_is_least_privilege() -> None:
             for rule in role["rules"]:
                 for field in ("verbs", "resources", "apiGroups", "resourceNames"):
                     assert "*" not in rule.get(field, []), f"{scenario}: wildcard in {role['metadata']['name']}"
-                assert not {"create", "delete", "deletecollection", "escalate", "bind", "impersonate"} & set(
-                    rule["verbs"]), rule
+                assert not {"create", "delete", "deletecollection", "escalate", "bind", "impersonate",
+                            "patch"} & set(rule["verbs"]), rule  # the rotator only reads and replaces
                 assert "nonResourceURLs" not in rule
         for binding in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "azure-wi-webhook-admin",
@@ -583,12 +583,12 @@ def test_rbac_is_least_privilege() -> None:
     assert one(objects, "ClusterRole")["rules"] == [
         *read_only,
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-         "resourceNames": [MWC_NAME], "verbs": ["get", "update", "patch"]},
+         "resourceNames": [MWC_NAME], "verbs": ["get", "update"]},
     ]
     role = one(objects, "Role")
     assert role["metadata"]["namespace"] == NS
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET_NAME],
-                              "verbs": ["get", "update", "patch"]}]
+                              "verbs": ["get", "update"]}]
     assert one(objects, "RoleBinding")["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                                       "name": "azure-wi-webhook-manager-role"}
     assert one(objects, "ClusterRoleBinding")["roleRef"]["name"] == "azure-wi-webhook-manager-role"
@@ -649,7 +649,7 @@ def test_deployment_defaults() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "healthz"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     service = one(objects, "Service", SERVICE_NAME)["spec"]
     assert service["ports"] == [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 9443}]
     assert service["selector"] == spec["selector"]["matchLabels"]
@@ -824,6 +824,21 @@ def test_network_policy() -> None:
     assert "to" not in minimal["spec"]["egress"][1]
 
 
+
+def test_network_policy_can_restrict_the_webhook_and_metrics_ports() -> None:
+    """Issue 18: 9443 limited to the API server's addresses and/or peers; metrics to the monitoring namespace."""
+    peer = {"podSelector": {"matchLabels": {"app": "konnectivity-agent"}}}
+    values = {"networkPolicy": {"enabled": True, "webhook": {"cidrs": ["10.0.0.1/32"], "from": [peer]},
+                                "metrics": {"namespaces": ["monitoring"]}}}
+    webhook_rule, metrics_rule = one(render(values), "NetworkPolicy")["spec"]["ingress"]
+    assert webhook_rule == {"ports": [{"port": 9443, "protocol": "TCP"}],
+                            "from": [{"ipBlock": {"cidr": "10.0.0.1/32"}}, peer]}
+    assert metrics_rule == {"ports": [{"port": 8095, "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}
+    assert "networkPolicy" in helm_error({"networkPolicy": {"webhook": {"cidrs": ["not a cidr"]}}})
+    assert "networkPolicy" in helm_error({"networkPolicy": {"metrics": {"namespaces": ["Bad_Name"]}}})
+
+
 def test_service_monitor() -> None:
     assert not find(render(), "ServiceMonitor")
     objects = render(SCENARIOS["network-policy-and-service-monitor"])
@@ -847,6 +862,32 @@ def test_notes_explain_how_to_use_the_webhook() -> None:
     assert "WARNING" not in notes
     assert "WARNING: replicaCount is 1" in render_raw({"replicaCount": 1})[
         "workload-identity-webhook/templates/NOTES.txt"]
+
+
+def test_memory_limit_below_the_idle_figure_is_refused_and_a_low_one_warned() -> None:
+    """Issue 18: the default holds the measured worst case; a reference values file's 30Mi fails to render with
+    the reason; a limit between the idle figure and the default renders with a warning in NOTES."""
+    assert deployment(render())["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "memory": "256Mi"}
+    for low in ("30Mi", "100M", "64Mi", 50_000_000, "0.1Gi"):
+        error = helm_error({"resources": {"limits": {"memory": low}}})
+        assert "below the webhook's measured idle memory" in error and "at least 112Mi" in error, (low, error)
+    assert "not a Kubernetes memory quantity" in helm_error({"resources": {"limits": {"memory": "lots"}}})
+    notes = render_raw({"resources": {"limits": {"memory": "160Mi"}}})["workload-identity-webhook/templates/NOTES.txt"]
+    assert "WARNING: resources.limits.memory is 160Mi" in notes
+    for fine in ("256Mi", "1Gi", "300M", 512 * 1024 * 1024):
+        notes = render_raw({"resources": {"limits": {"memory": fine}}})[
+            "workload-identity-webhook/templates/NOTES.txt"]
+        assert "WARNING" not in notes, fine
+    assert "WARNING" not in render_raw({"resources": {"limits": None}})["workload-identity-webhook/templates/NOTES.txt"]
+
+
+def test_readme_has_the_memory_table() -> None:
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("## Memory", 1)[1].split("\n## ", 1)[0]
+    for row in ("idle", "10k ServiceAccounts", "100k ServiceAccounts", "8 concurrent 3 MiB pods",
+                "2,000 idle connections", "--objects"):
+        assert row in section, row
 
 
 OPAQUE_VALUES = {"resources", "nodeSelector", "podSecurityContext", "securityContext", "objectSelector"}

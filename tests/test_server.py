@@ -193,3 +193,53 @@ def test_startup_error_names_the_setting(tmp_path: Path) -> None:
     assert process.proc.wait(30) == 2
     process.stop()
     assert "--tls-min-version" in process.logs()
+
+
+def test_tls_min_version_1_0_and_1_1_mean_1_2_with_a_warning(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """OpenSSL refuses TLS 1.0/1.1 anyway: the listener says so and enforces 1.2 instead of pretending (issue 18)."""
+    import ssl
+
+    from webhook.tls import ServingCertificate
+
+    for requested in ("1.0", "1.1"):
+        with caplog.at_level("WARNING", logger="tls"):
+            cert = ServingCertificate(tmp_path, requested)
+        assert cert.context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert f"--tls-min-version {requested}" in caplog.text and "the minimum is 1.2" in caplog.text
+        caplog.clear()
+    assert ServingCertificate(tmp_path, "1.3").context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert caplog.text == ""
+
+
+def test_limits_from_the_environment_name_the_variable() -> None:
+    from webhook.limits import Limits
+
+    assert Limits.from_env({}) == Limits()
+    bounds = Limits.from_env({"WI_WEBHOOK_IDLE_TIMEOUT": "2.5", "WI_WEBHOOK_MAX_CONNECTIONS": " 10 "})
+    assert bounds.idle_timeout == 2.5 and bounds.max_connections == 10
+    for variable, text in (("WI_WEBHOOK_MAX_CONNECTIONS", "1.5"), ("WI_WEBHOOK_BODY_TIMEOUT", "0"),
+                           ("WI_WEBHOOK_HEADER_TIMEOUT", "soon")):
+        with pytest.raises(ValueError, match=f"{variable}={text!r} is not a positive"):
+            Limits.from_env({variable: text})
+
+
+def test_body_budget_waits_in_order_and_gives_up_after_its_timeout() -> None:
+    import asyncio
+
+    from webhook.limits import BodyBudget
+
+    async def scenario() -> None:
+        budget = BodyBudget(10)
+        assert budget.charge(None, 100) == 10 and budget.charge(4, 100) == 4  # unknown: the whole budget
+        assert await budget.acquire(6, 1)
+        waiting = asyncio.ensure_future(budget.acquire(6, 5))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and not await budget.acquire(1, 0.05)  # behind the waiter: no overtaking
+        budget.release(6)
+        assert await waiting and budget.used == 6
+        assert not await budget.acquire(5, 0.05) and budget.used == 6
+        budget.release(6)
+        assert budget.used == 0 and await budget.acquire(10, 0.01)
+
+    asyncio.run(scenario())

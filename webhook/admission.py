@@ -5,6 +5,7 @@ The reply always uses the apiVersion of the request and echoes its uid, as the A
 
 from __future__ import annotations
 
+import re
 from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ import orjson
 from webhook.mutation import MutationResult
 
 REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+# The API server's uids are UUIDs (36 characters); the bound keeps a log line and the echoed reply small.
+MAX_UID_LENGTH = 128
+is_dns_label = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?").fullmatch
 
 
 class BadReview(ValueError):
@@ -49,11 +53,17 @@ def parse_review(body: bytes) -> ReviewRequest:
     if not isinstance(request, dict):
         raise BadReview("AdmissionReview.request must be an object")
     uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise BadReview("AdmissionReview.request.uid must be a non-empty string")
+    if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_LENGTH:
+        raise BadReview(f"AdmissionReview.request.uid must be a non-empty string of at most {MAX_UID_LENGTH} "
+                        "characters")
     namespace = request.get("namespace") or ""
     if not isinstance(namespace, str):
         raise BadReview("AdmissionReview.request.namespace must be a string")
+    if namespace and (len(namespace) > 63 or not is_dns_label(namespace)):
+        # It becomes a metric label, a log field and a ServiceAccount cache key: only what Kubernetes allows.
+        shown = namespace if len(namespace) <= 80 else namespace[:80] + "..."
+        raise BadReview(f"AdmissionReview.request.namespace {shown!r} is not a namespace name (a DNS-1123 label: "
+                        "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)")
     operation = request.get("operation") or ""
     return ReviewRequest(api_version=api_version, uid=uid, namespace=namespace,
                          operation=operation if isinstance(operation, str) else "",

@@ -91,6 +91,7 @@ class ListWatchCache(Generic[K, V]):
         self._resource_version = ""
         self._synced = threading.Event()
         self._connected = False
+        self._last_error = ""
         self._stopping = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"{self.kind}-watch", daemon=True)
@@ -132,7 +133,8 @@ class ListWatchCache(Generic[K, V]):
 
     def ready(self) -> tuple[bool, str]:
         if not self._synced.is_set():
-            return False, f"{self.kind} cache has not synced yet"
+            why = f": {self._last_error} (retrying)" if self._last_error else ""
+            return False, f"{self.kind} cache has not synced yet{why}"
         state = "watching" if self._connected else "API server unreachable, serving cached objects"
         return True, f"{len(self._store)} {self.kind}s cached; {state}"
 
@@ -146,11 +148,13 @@ class ListWatchCache(Generic[K, V]):
         self._stopping.set()
         response = self._response
         if response is not None:
-            # Closing a socket another thread reads from may race; the stop flag ends the loop either way.
-            with contextlib.suppress(Exception):
-                response.close()
+            # Closed from a daemon thread of its own: closing the stream blocks until the watch thread's read
+            # returns, which an idle watch (no event, no bookmark) does only at its timeout (minutes) - SIGTERM
+            # then ended in the kubelet's SIGKILL. The stop flag ends the loop either way.
+            threading.Thread(target=_close_quietly, args=(response,), name=f"{self.kind}-close", daemon=True).start()
         if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
+            # A daemon thread: one stuck in a call to a hung API server must not hold up the exit for long.
+            self._thread.join(timeout=1)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- watch thread ----------------------------------------------------------------------------------------
@@ -179,6 +183,7 @@ class ListWatchCache(Generic[K, V]):
                 if self._stopping.is_set():
                     break
                 self._set_connected(False)
+                self._last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
                 log.warning(f"{self.kind} list/watch failed; retrying",
                             extra={"error": str(exc)[:300], "retry-in": backoff})
                 self._stopping.wait(backoff)
@@ -243,6 +248,11 @@ class ListWatchCache(Generic[K, V]):
             self._response = None
             response.release_conn()
         return False
+
+
+def _close_quietly(response: Any) -> None:
+    with contextlib.suppress(Exception):
+        response.close()
 
 
 def _lines(response: Any) -> Iterator[bytes]:

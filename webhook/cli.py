@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -106,6 +106,7 @@ def _api_client(kubeconfig: str | None) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     from webhook.handler import AdmissionHandler
     from webhook.metrics import Metrics
+    from webhook.startup_probe import exit_past_stuck_threads
 
     if args.version:
         print(package_version())
@@ -127,7 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(supervise(options, list(args.raw_argv)))
     metrics = Metrics()
     source: ServiceAccountSource
-    rotator = None
+    rotator, probe = None, None
     if args.objects:
         source = _static_source(args.objects)
         native = options.native_sidecar == "true"
@@ -136,11 +137,11 @@ def run_serve(args: argparse.Namespace) -> int:
         api = _api_client(options.kubeconfig)
         accounts_from = f"the cluster at {api.configuration.host}"
         native = options.native_sidecar == "true"
-        if options.native_sidecar == "auto":
+        if options.native_sidecar == "auto":  # asked in serve(), retried: the API server may be down (issue 18)
             from kubernetes import client
 
-            native = parse_server_version(client.VersionApi(api).get_code().git_version) >= \
-                NATIVE_SIDECAR_MIN_VERSION
+            probe = lambda: parse_server_version(client.VersionApi(api).get_code(  # noqa: E731
+                _request_timeout=5).git_version) >= NATIVE_SIDECAR_MIN_VERSION
         source = ClusterServiceAccounts(api, metrics, lookup_timeout=options.serviceaccount_lookup_timeout,
                                         client_factory=lambda: _api_client(options.kubeconfig))
         if not options.disable_cert_rotation and not options.worker_index:
@@ -151,14 +152,15 @@ def run_serve(args: argparse.Namespace) -> int:
     # Everything made so far (modules, clients, config) lives as long as the process: keep it out of the cyclic
     # garbage collector's full collections, which otherwise walk it again every thousand reviews or so.
     gc.freeze()
-    run_event_loop(_serve_and_report(options, handler, rotator, accounts_from), options.event_loop)
+    run_event_loop(_serve_and_report(options, handler, rotator, accounts_from, probe), options.event_loop)
+    exit_past_stuck_threads(0)
     return 0
 
 
 def _check_listen_addresses(options: ServeOptions) -> None:
     """Name the flag whose address is taken, instead of an OSError from deep inside the server."""
     from webhook.config import parse_addr
-    from webhook.startup import bind_error
+    from webhook.startup_report import bind_error
 
     wanted = [("--health-addr", options.health_addr, parse_addr(options.health_addr)),
               ("--metrics-addr", options.metrics_addr, parse_addr(options.metrics_addr)),
@@ -173,14 +175,15 @@ def _check_listen_addresses(options: ServeOptions) -> None:
                              f"with {flag}")
 
 
-async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, accounts_from: str) -> None:
-    """The server, with webhook.startup's watcher beside it logging why it is not serving yet, then where it is
+async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, accounts_from: str,
+                            probe: Callable[[], bool] | None) -> None:
+    """The server, with webhook.startup_report's watcher beside it logging why it is not serving yet, then where it is
     (one line per process: with --workers only worker 0 reports)."""
-    from webhook import startup
+    from webhook import startup_report as startup
     from webhook.server import serve
 
     if options.worker_index:
-        await serve(options, handler, rotator=rotator)
+        await serve(options, handler, rotator=rotator, native_sidecar_probe=probe)
         return
     listening = startup.Listening(options.host, options.port, MUTATE_PATH, options.webhook_cert_dir, accounts_from)
 
@@ -193,7 +196,7 @@ async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, a
 
     watcher = asyncio.ensure_future(startup.watch(listening, reasons))
     try:
-        await serve(options, handler, rotator=rotator)
+        await serve(options, handler, rotator=rotator, native_sidecar_probe=probe)
     except RuntimeError as exc:  # the server gave up waiting; if the certificates are still missing, say which
         missing = startup.cert_reason(options.webhook_cert_dir, options.port)
         if missing is None:

@@ -139,7 +139,7 @@ def _check_modes(raw: dict[Any, Any]) -> tuple[dict[str, str], list[str]]:
             problems.append(f"  modes.{key}: {exc}")
             continue
         mode = _mode_text(value)
-        if mode not in {m.value for m in Mode}:
+        if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
             problems.append(f"  modes.{key}: {value!r} is not a mode; use one of {names}")
             continue
         if rid in ALWAYS_ENFORCED and mode != Mode.ENFORCE.value:

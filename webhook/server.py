@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -22,11 +23,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.admission import BadReview
 from webhook.config import ServeOptions, parse_addr
+from webhook.connections import ConnectionGuard, GuardedSite, guard_middleware
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.handler import AdmissionHandler
+from webhook.limits import BodyBudget, Limits, release_memory, tune_allocator
+from webhook.manifests import ObjectShapeError
 from webhook.metrics import Metrics
 from webhook.rotation import CertRotator
 from webhook.serviceaccounts import ServiceAccountSource
+from webhook.startup_probe import StartupProbe
 from webhook.tls import ServingCertificate
 
 log = logging.getLogger("webhook")
@@ -36,7 +41,12 @@ def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Application:
+def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: ConnectionGuard | None = None,
+                bounds: Limits | None = None) -> web.Application:
+    bounds = bounds or Limits()
+    budget = BodyBudget(bounds.max_inflight_body_bytes)
+    body_timeout = bounds.body_timeout
+
     def endpoint(answer_with: Callable[[bytes], Awaitable[bytes]]) -> Callable[[web.Request], Awaitable[web.Response]]:
         # One coroutine per route that calls the handler itself: a shared coroutine in between costs a frame per
         # review.
@@ -45,24 +55,63 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int) -> web.Applic
             if request.headers.get("Content-Type") != "application/json" \
                     and request.content_type != "application/json":
                 return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
+            refused = encoding_refusal(request)
+            if refused is not None:
+                return refused
+            size = budget.charge(request.content_length, max_request_bytes)
+            if not budget.try_acquire(size) and not await budget.acquire(size, body_timeout):
+                return closing(json_error(503, "too many large reviews in flight; retry"))
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return json_error(413, f"request body larger than the configured limit of {max_request_bytes} "
-                                       "bytes (--max-request-bytes)")
-            try:
-                reply = await answer_with(body)
-            except BadReview as exc:
-                handler.metrics.admission.of("error", "").tally()
-                return json_error(400, str(exc))
-            return web.Response(body=reply, content_type="application/json")
+                try:
+                    # The usual review arrived whole with its headers: no deadline task needed to read it.
+                    body = await (request.read() if request.content.is_eof() else
+                                  asyncio.wait_for(request.read(), body_timeout))
+                except web.HTTPRequestEntityTooLarge:
+                    return closing(json_error(413, f"request body larger than the configured limit of "
+                                                   f"{max_request_bytes} bytes (--max-request-bytes)"))
+                except TimeoutError:
+                    return closing(json_error(408, f"request body not received within {body_timeout:g}s"))
+                try:
+                    reply = await answer_with(body)
+                except BadReview as exc:
+                    handler.metrics.admission.of("error", "").tally()
+                    return json_error(400, str(exc))
+                except ObjectShapeError as exc:
+                    handler.metrics.admission.of("error", "").tally()
+                    return json_error(400, f"AdmissionReview.request.object: {exc}")
+                return web.Response(body=reply, content_type="application/json")
+            finally:
+                budget.release(size)
 
         return answer
 
-    app = web.Application(client_max_size=max_request_bytes)
+    app = web.Application(client_max_size=max_request_bytes,
+                          middlewares=[guard_middleware(guard)] if guard is not None else [])
     app.router.add_post(MUTATE_PATH, endpoint(handler.review))
     app.router.add_post(VALIDATE_SA_PATH, endpoint(handler.validate_service_account))
     return app
+
+
+def encoding_refusal(request: web.Request) -> web.Response | None:
+    """415 for a compressed body, before it is read: the API server never compresses admission requests, and a
+    0.5 MB gzip body inflating to 512 MiB cost 150 MB of memory on the way to its 413. (The webhook's runner
+    also has aiohttp's decompression off, so nothing is inflated even before this check runs.)"""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        return closing(json_error(415, f"Content-Encoding {encoding!r} is not supported; send the body "
+                                       "uncompressed (identity)"))
+    transfer = [part.strip().lower() for part in request.headers.getall("Transfer-Encoding", [])
+                for part in part.split(",")]
+    if any(part != "chunked" for part in transfer):
+        return closing(json_error(415, f"Transfer-Encoding {', '.join(transfer)!r} is not supported; only "
+                                       "chunked"))
+    return None
+
+
+def closing(response: web.Response) -> web.Response:
+    """A refusal that also ends the connection: the unread body must not be parsed as the next request."""
+    response.force_close()
+    return response
 
 
 @dataclass
@@ -73,14 +122,20 @@ class Health:
     source: ServiceAccountSource
     rotator: CertRotator | None = None
     shutting_down: bool = False
+    startup: StartupProbe[Any] | None = None
+    listening: bool = True  # False until the webhook port is open (serve sets it)
 
     def ready(self) -> tuple[bool, str]:
         if self.shutting_down:
             return False, "shutting down"
+        if self.startup is not None and not self.startup.done:
+            return self.startup.status()
         if self.rotator is not None and not self.rotator.done_once.is_set():
             return False, f"certs are not ready yet: rotator has not finished ({self.rotator.last_error or 'running'})"
         if not self.cert.loaded:
             return False, f"certs are not ready yet: {self.cert.last_error or 'waiting for tls.crt/tls.key'}"
+        if not self.listening:
+            return False, "the webhook port is not open yet"
         return self.source.ready()
 
 
@@ -138,16 +193,52 @@ async def start_site(app: web.Application, addr: tuple[str, int], *, ssl_context
     return runner
 
 
+async def start_webhook_site(app: web.Application, addr: tuple[str, int], guard: ConnectionGuard, bounds: Limits, *,
+                             ssl_context: ssl.SSLContext, shutdown_timeout: float, reuse_port: bool) -> web.AppRunner:
+    """The webhook port: bounded connections (webhook/connections.py), aiohttp's keep-alive timeout at ours, and
+    no decompression of request bodies (see encoding_refusal)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=bounds.idle_timeout + 2, auto_decompress=False)  # ours comes first
+    await runner.setup()
+    site = GuardedSite(runner, addr[0] or None, addr[1], guard, ssl_context=ssl_context, reuse_address=True,
+                       shutdown_timeout=shutdown_timeout, reuse_port=reuse_port or None,
+                       handshake_timeout=bounds.handshake_timeout)
+    await site.start()
+    return runner
+
+
+def native_sidecar_startup(handler: AdmissionHandler, detect: Callable[[], bool]) -> StartupProbe[bool]:
+    """--native-sidecar=auto: ask the API server its version (retried), then serve with the answer."""
+    def apply(native: bool) -> None:
+        handler.config = handler.config.model_copy(update={"native_sidecar": native})
+        log.info("native sidecar detection", extra={"native-sidecar": native})
+
+    return StartupProbe("the API server version (--native-sidecar=auto)", detect, apply)
+
+
 async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: asyncio.Event | None = None,
-                cert_wait_timeout: float = 300.0, rotator: CertRotator | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return."""
+                cert_wait_timeout: float = 300.0, rotator: CertRotator | None = None,
+                native_sidecar_probe: Callable[[], bool] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return.
+
+    /healthz and /metrics answer at once; the webhook port opens when the certificates are loaded and the start-up
+    calls (native_sidecar_probe) have succeeded, which /readyz reports until then."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    try:
+        bounds = Limits.for_loop(os.environ, loop)
+    except ValueError as exc:
+        log.error(str(exc))
+        raise SystemExit(2) from None
+    handler.metrics.admission.max_namespaces = bounds.max_metric_namespaces
+    tune_allocator()
+    release_memory()  # what reading --objects files left behind
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     cert = ServingCertificate(options.webhook_cert_dir, options.tls_min_version, handler.metrics)
-    health = Health(cert, handler.source, rotator)
+    startup = native_sidecar_startup(handler, native_sidecar_probe) if native_sidecar_probe is not None else None
+    health = Health(cert, handler.source, rotator, startup=startup, listening=False)
     worker = options.worker_index is not None  # --workers: the supervisor serves health and metrics
     runners = [] if worker else [await start_site(health_app(health), parse_addr(options.health_addr)),
                                  await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
@@ -159,19 +250,26 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     handler.source.start()
     if rotator is not None:
         rotator.start()
+    probing = asyncio.create_task(startup.run(stop)) if startup is not None else None
     try:
         deadline = loop.time() + cert_wait_timeout
-        while not cert.refresh() and not stop.is_set():
+        while not stop.is_set():
+            cert.refresh()
+            if cert.loaded and (startup is None or startup.done):
+                break
             report()
-            if loop.time() > deadline:
+            if not cert.loaded and loop.time() > deadline:
                 raise RuntimeError(f"certs are not ready after {cert_wait_timeout:.0f}s: {cert.last_error}")
-            await asyncio.sleep(0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
         if stop.is_set():
             return
-        webhook = await start_site(webhook_app(handler, options.max_request_bytes), (options.host, options.port),
-                                   ssl_context=cert.context, shutdown_timeout=options.shutdown_timeout,
-                                   reuse_port=options.workers > 1)
+        guard = ConnectionGuard(bounds)
+        webhook = await start_webhook_site(webhook_app(handler, options.max_request_bytes, guard, bounds),
+                                           (options.host, options.port), guard, bounds, ssl_context=cert.context,
+                                           shutdown_timeout=options.shutdown_timeout, reuse_port=options.workers > 1)
         runners.insert(0, webhook)
+        health.listening = True
         log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":
                                    options.tls_min_version})
         while not stop.is_set():
@@ -188,6 +286,10 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             await asyncio.sleep(options.shutdown_delay)
         log.info("shutting down: no new connections, finishing in-flight reviews")
     finally:
+        if probing is not None:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
         for runner in runners:
             await runner.cleanup()
         with contextlib.suppress(OSError):

@@ -26,6 +26,22 @@ TLS_VERSIONS = {
 }
 
 
+def effective_min_version(requested: str) -> ssl.TLSVersion:
+    """The minimum TLS version the listener really enforces for `--tls-min-version`.
+
+    Decision: "1.0" and "1.1" are accepted (the reference's flag takes them, and a values file carried over must
+    not stop the webhook from starting) but mean 1.2, with a warning: OpenSSL 3 at its default security level
+    refuses TLS 1.0/1.1 handshakes whatever the minimum says, so the flag had no effect, and lowering the security
+    level to allow them would weaken every connection. The API server speaks TLS 1.2 and 1.3.
+    """
+    if requested in ("1.0", "1.1"):
+        log.warning(f"--tls-min-version {requested}: TLS 1.0 and 1.1 are refused by this OpenSSL; the minimum is "
+                    "1.2. Set --tls-min-version 1.2 (or 1.3) to silence this warning",
+                    extra={"tls-min-version": requested, "effective": "1.2"})
+        return ssl.TLSVersion.TLSv1_2
+    return TLS_VERSIONS[requested]
+
+
 class ServingCertificate:
     """`tls.crt` + `tls.key` from a directory, hot-reloaded into one server SSLContext."""
 
@@ -33,7 +49,7 @@ class ServingCertificate:
         self.cert_file = Path(cert_dir) / "tls.crt"
         self.key_file = Path(cert_dir) / "tls.key"
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = TLS_VERSIONS[min_version]
+        self.context.minimum_version = effective_min_version(min_version)
         self._metrics = metrics
         self._digest = ""
         self.loaded = False

@@ -89,3 +89,39 @@ The metrics port, from metricsAddr (":8095", "0.0.0.0:8095", "[::]:8095").
 {{- end -}}
 {{- $port -}}
 {{- end }}
+
+{{/*
+The container's memory limit in MiB (whole), or -1 when none is set. Kubernetes quantities: plain bytes, k/M/G/T
+and Ki/Mi/Gi/Ti suffixes. Used to refuse a limit below the measured idle figure (README "Memory").
+*/}}
+{{- define "wi-webhook.memoryLimitMi" -}}
+{{- $limit := "" -}}
+{{- with .Values.resources }}{{ with .limits }}{{ with .memory -}}
+{{- $limit = kindIs "float64" . | ternary (printf "%.0f" .) (toString .) -}}
+{{- end }}{{ end }}{{ end -}}
+{{- if not $limit -}}
+-1
+{{- else -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $limit -}}
+{{- $unit := trimPrefix $number $limit -}}
+{{- $factors := dict "" 1.0 "k" 1000.0 "Ki" 1024.0 "M" 1000000.0 "Mi" 1048576.0 "G" 1000000000.0 "Gi" 1073741824.0 "T" 1000000000000.0 "Ti" 1099511627776.0 -}}
+{{- if or (not $number) (not (hasKey $factors $unit)) -}}
+{{- fail (printf "resources.limits.memory %q is not a Kubernetes memory quantity; use e.g. 256Mi" $limit) -}}
+{{- end -}}
+{{- divf (mulf (float64 $number) (get $factors $unit)) 1048576.0 | floor | int -}}
+{{- end -}}
+{{- end }}
+
+{{/* The measured idle footprint (cluster mode, no ServiceAccounts) plus a little; a limit below it OOM-kills the
+webhook at start, and with failurePolicy Fail that blocks every labelled pod. */}}
+{{- define "wi-webhook.minMemoryMi" -}}112{{- end }}
+{{/* The default limit: the measured worst case at the documented scale, with headroom (README "Memory"). */}}
+{{- define "wi-webhook.recommendedMemoryMi" -}}256{{- end }}
+
+{{- define "wi-webhook.checkMemory" -}}
+{{- $limit := include "wi-webhook.memoryLimitMi" . | int -}}
+{{- $min := include "wi-webhook.minMemoryMi" . | int -}}
+{{- if and (ge $limit 0) (lt $limit $min) -}}
+{{- fail (printf "resources.limits.memory %v is below the webhook's measured idle memory (about 95 MB in a cluster): it would be OOM-killed and, with failurePolicy Fail, block every labelled pod. Set at least %dMi; the default %dMi holds 100k ServiceAccounts and 8 concurrent 3 MiB pods (chart README, Memory). A values file from the reference chart sets 30Mi: drop that setting." .Values.resources.limits.memory $min (include "wi-webhook.recommendedMemoryMi" . | int)) -}}
+{{- end -}}
+{{- end }}
