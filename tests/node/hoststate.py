@@ -1,0 +1,151 @@
+"""What a kubelet + containerd change on the host outside their work dir, recorded before the cluster starts and
+undone after it stops (tests/node/realnode.py), so a test session leaves the machine as it found it.
+
+The changes (measured on this VM kind, /work/shared/reference/real-node.md §5):
+* sysctls the kubelet sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...): restored to the
+  recorded values;
+* iptables chains KUBE-* (KUBE-FIREWALL jumped to from INPUT/OUTPUT, KUBE-KUBELET-CANARY, ...): the jumps and the
+  chains are deleted, nothing else is touched;
+* mounts under the work dir (the kubelet's self bind-mount of its root dir, tmpfs volumes, containerd's rootfs
+  overlays): unmounted, deepest first;
+* `kubepods` cgroups in every cgroup v1 hierarchy (and v2 `unified`): removed, leaves first, if created here;
+* paths created even with custom roots (/var/lib/kubelet, /var/log/containers, /var/lib/cni, /run/containerd, ...):
+  removed if they did not exist before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
+           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")
+HARD_CODED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"),
+                    Path("/var/lib/cni"), Path("/run/containerd"), Path("/usr/libexec/kubernetes"),
+                    Path("/etc/kubernetes"), Path("/var/run/kubernetes"))
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def _cgroup_dirs() -> list[Path]:
+    """`kubepods*` directories at the top of every cgroup hierarchy."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError):
+        for hierarchy in CGROUP_ROOT.iterdir():
+            with contextlib.suppress(OSError):
+                found += [p for p in hierarchy.iterdir() if p.is_dir() and p.name.startswith("kubepods")]
+    return found
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    points: list[str] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix) or point == prefix.rstrip("/"):
+            points.append(point)
+    return points
+
+
+def _iptables_rules(tool: str, table: str) -> list[str]:
+    proc = subprocess.run([tool, "-w", "5", "-t", table, "-S"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+@dataclass
+class HostState:
+    """The host as found before the cluster started; `restore()` undoes what the cluster changed."""
+
+    sysctls: dict[str, str] = field(default_factory=dict)
+    existing_paths: set[Path] = field(default_factory=set)
+    existing_cgroups: set[Path] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def record(cls) -> HostState:
+        state = cls()
+        for name in SYSCTLS:
+            with contextlib.suppress(OSError):
+                state.sysctls[name] = _sysctl_path(name).read_text().strip()
+        state.existing_paths = {p for p in HARD_CODED_PATHS if p.exists() or p.is_symlink()}
+        state.existing_cgroups = set(_cgroup_dirs())
+        return state
+
+    def restore(self, workdir: Path) -> list[str]:
+        """Undo everything listed in the module docstring; returns what could not be undone (empty: all)."""
+        self.problems = []
+        self._unmount(workdir)
+        self._remove_cgroups()
+        self._restore_sysctls()
+        for tool in ("iptables", "ip6tables"):
+            if shutil.which(tool):
+                self._remove_kube_chains(tool)
+        for path in HARD_CODED_PATHS:
+            if path not in self.existing_paths and (path.exists() or path.is_symlink()):
+                self._unmount(path)
+                try:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                except OSError as exc:
+                    self.problems.append(f"cannot remove {path}: {exc}")
+        return self.problems
+
+    def _unmount(self, root: Path) -> None:
+        if not root.exists():
+            return
+        for point in sorted(_mounts_under(root), key=lambda p: p.count("/"), reverse=True):
+            proc = subprocess.run(["umount", point], capture_output=True, text=True, timeout=30, check=False)
+            if proc.returncode != 0:
+                lazy = subprocess.run(["umount", "-l", point], capture_output=True, text=True, timeout=30,
+                                      check=False)
+                if lazy.returncode != 0:
+                    self.problems.append(f"cannot unmount {point}: {proc.stderr.strip()}")
+
+    def _remove_cgroups(self) -> None:
+        for top in _cgroup_dirs():
+            if top in self.existing_cgroups:
+                continue
+            # Leaves first: a cgroup directory is removed with rmdir once it has no children (and no tasks).
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: w[0].count("/"), reverse=True):
+                try:
+                    os.rmdir(dirpath)
+                except OSError as exc:
+                    self.problems.append(f"cannot remove cgroup {dirpath}: {exc}")
+                    break
+
+    def _restore_sysctls(self) -> None:
+        for name, value in self.sysctls.items():
+            path = _sysctl_path(name)
+            try:
+                if path.read_text().strip() != value:
+                    path.write_text(value + "\n")
+            except OSError as exc:
+                self.problems.append(f"cannot restore sysctl {name}={value}: {exc}")
+
+    def _remove_kube_chains(self, tool: str) -> None:
+        for table in ("filter", "nat", "mangle"):
+            rules = _iptables_rules(tool, table)
+            kube_chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
+            for rule in rules:  # jumps from the built-in (or other) chains into KUBE-* chains
+                words = shlex.split(rule)
+                if words[0] == "-A" and not words[1].startswith("KUBE-") and "-j" in words \
+                        and words[words.index("-j") + 1].startswith("KUBE-"):
+                    self._iptables(tool, table, ["-D", *words[1:]])
+            for chain in kube_chains:
+                self._iptables(tool, table, ["-F", chain])
+            for chain in kube_chains:
+                self._iptables(tool, table, ["-X", chain])
+
+    def _iptables(self, tool: str, table: str, args: list[str]) -> None:
+        proc = subprocess.run([tool, "-w", "5", "-t", table, *args], capture_output=True, text=True, timeout=30,
+                              check=False)
+        if proc.returncode != 0:
+            self.problems.append(f"{tool} -t {table} {' '.join(args)}: {proc.stderr.strip()}")
