@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.node.images import ImageError, ensure_webhook_image
+from tests.node.images import ImageError, ensure_example_image, ensure_webhook_image
 from tests.node.kube import wait_for
 from tests.node.realnode import NodeCluster, NodeError, ensure_node_binaries
 from tests.node.release import CHART_NS, Release
@@ -48,6 +48,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if "image" not in _built and _uses(session, "webhook_image"):
         _build(session, "image", "hack/image/build.sh (podman build of the Dockerfile; first time ~2-4 min)",
                ensure_webhook_image)
+    if "example" not in _built and "image" in _built and _uses(session, "example_image"):
+        _build(session, "example", "examples/keyvault-reader built on the image (podman)",
+               lambda: ensure_example_image(_built["image"]))
     if "bin_dir" not in _built and _uses(session, "node"):
         _build(session, "bin_dir", "hack/test-node/prepare.sh (packages; kubelet, kcm, scheduler: first time "
                "~3-8 min after the kube-apiserver build)", ensure_node_binaries)
@@ -64,6 +67,12 @@ def _get(key: str) -> Any:
 def webhook_image() -> str:
     """The image built from the Dockerfile (podman), e.g. localhost/workload-identity-webhook:test-<key>."""
     return str(_get("image"))
+
+
+@pytest.fixture(scope="session")
+def example_image(webhook_image: str) -> str:
+    """examples/keyvault-reader's Dockerfile built on the project's image (so `wi-webhook verify` is in it)."""
+    return str(_get("example"))
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ explicit ulimits): crun fails here and root lacks CAP_SYS_RESOURCE.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,37 @@ def inspect_image(image: str) -> dict[str, Any]:
     return data[0]
 
 
+ARCHIVE_MAX_AGE_S = 3 * 86400.0
+EXAMPLE_DIR = REPO_ROOT / "examples" / "keyvault-reader"
+
+
 def save_oci_archive(image: str, path: Path) -> Path:
-    """`podman save --format oci-archive`: what `ctr images import` reads; keeps the image's name."""
-    if not path.exists():
+    """`podman save --format oci-archive`: what `ctr images import` reads; keeps the image's name.
+
+    Archives are cached by image id beside `path`; those unused for ARCHIVE_MAX_AGE_S are removed (each new build
+    of the image makes a new one)."""
+    for old in path.parent.glob("*.oci.tar"):
+        if old != path and time.time() - old.stat().st_mtime > ARCHIVE_MAX_AGE_S:
+            old.unlink(missing_ok=True)
+    if path.exists():
+        path.touch()
+    else:
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         podman("save", "--format", "oci-archive", "-o", str(tmp), image, timeout=300)
         tmp.rename(path)
     return path
+
+
+def ensure_example_image(base_image: str) -> str:
+    """examples/keyvault-reader built by podman from its Dockerfile on `base_image` (so `wi-webhook verify` is in
+    it); tagged by a key of the example's files and the base's id, rebuilt only when one changes."""
+    digest = hashlib.sha256(inspect_image(base_image)["Id"].encode())
+    for path in sorted(EXAMPLE_DIR.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    image = f"localhost/keyvault-reader:test-{digest.hexdigest()[:16]}"
+    if podman("image", "exists", image, check=False).returncode != 0:
+        podman("build", "--pull=never", "--network", "host", *ULIMITS, "--build-arg", f"BASE={base_image}",
+               "--tag", image, str(EXAMPLE_DIR), timeout=IMAGE_BUILD_TIMEOUT_S)
+    return image

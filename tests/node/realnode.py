@@ -265,20 +265,24 @@ class NodeCluster:
         proc = self._start("containerd", ["containerd", "--config", str(config)])
         self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, 60, proc)
 
-    def _import_images(self) -> None:
+    def import_image(self, image: str) -> None:
+        """Make a podman image runnable by the kubelet: `podman save` (cached by image id) → `ctr images import`.
+        Pods use it with imagePullPolicy Never (or IfNotPresent and a tag other than latest)."""
         archives = CACHE_DIR / "images"
         archives.mkdir(parents=True, exist_ok=True)
-        for image in self.images:
-            image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", image],
-                                      capture_output=True, text=True, timeout=60, check=False).stdout.strip()
-            if not image_id:
-                raise NodeError(f"image {image} is not in podman's store (hack/image/build.sh, prepare.sh)")
-            archive = save_oci_archive(image, archives / f"{image_id[:16]}.oci.tar")
-            self.ctr("images", "import", str(archive), timeout=300)
+        image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", image],
+                                  capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+        if not image_id:
+            raise NodeError(f"image {image} is not in podman's store (hack/image/build.sh, prepare.sh)")
+        archive = save_oci_archive(image, archives / f"{image_id[:16]}.oci.tar")
+        self.ctr("images", "import", str(archive), timeout=300)
         listed = self.ctr("images", "ls", "-q").stdout.split()
-        absent = [i for i in self.images if i not in listed]
-        if absent:
-            raise NodeError(f"containerd did not list {absent} after import (it has {listed})")
+        if image not in listed:
+            raise NodeError(f"containerd did not list {image} after import (it has {listed})")
+
+    def _import_images(self) -> None:
+        for image in self.images:
+            self.import_image(image)
 
     def _start_control_plane_components(self) -> None:
         api = self.apiserver
