@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.node.images import ImageError, ensure_example_image, ensure_webhook_image
+from tests.node.images import ImageError, ensure_example_image, ensure_proxy_stand_ins, ensure_webhook_image
 from tests.node.kube import wait_for
 from tests.node.realnode import NodeCluster, NodeError, ensure_node_binaries
 from tests.node.release import CHART_NS, Release
 from tests.processes import free_port
 
+BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"  # the Dockerfile's base (made by hack/image/build.sh)
 _built: dict[str, Any] = {}
 _errors: dict[str, BaseException] = {}
 
@@ -51,6 +52,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if "example" not in _built and "image" in _built and _uses(session, "example_image"):
         _build(session, "example", "examples/keyvault-reader built on the image (podman)",
                lambda: ensure_example_image(_built["image"]))
+    if "proxy" not in _built and "image" in _built and _uses(session, "proxy_images"):
+        _build(session, "proxy", "stand-ins for the proxy and proxy-init images (podman)",
+               lambda: ensure_proxy_stand_ins(BASE_IMAGE))
     if "bin_dir" not in _built and _uses(session, "node"):
         _build(session, "bin_dir", "hack/test-node/prepare.sh (packages; kubelet, kcm, scheduler: first time "
                "~3-8 min after the kube-apiserver build)", ensure_node_binaries)
@@ -67,6 +71,13 @@ def _get(key: str) -> Any:
 def webhook_image() -> str:
     """The image built from the Dockerfile (podman), e.g. localhost/workload-identity-webhook:test-<key>."""
     return str(_get("image"))
+
+
+@pytest.fixture(scope="session")
+def proxy_images(webhook_image: str) -> tuple[str, str]:
+    """(PROXY_IMAGE, PROXY_INIT_IMAGE): local stand-ins for the reference's images, which cannot be pulled here."""
+    proxy, init = _get("proxy")
+    return str(proxy), str(init)
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +109,19 @@ def chart_values(node: NodeCluster, image: str, port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def release(node: NodeCluster, webhook_image: str) -> Iterator[Release]:
+def chart_extra_values() -> dict[str, Any]:
+    """Values a test module adds to the install (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def release(node: NodeCluster, webhook_image: str, chart_extra_values: dict[str, Any]) -> Iterator[Release]:
+    """The chart installed for one test module (its cluster-wide objects have fixed names: one at a time)."""
     api = node.api_client()
     client.CoreV1Api(api).create_namespace({"metadata": {"name": CHART_NS}})
     installed = Release(api, CHART_NS, {})
     try:
-        installed.apply(chart_values(node, webhook_image, free_port()))
+        installed.apply({**chart_values(node, webhook_image, free_port()), **chart_extra_values})
         installed.wait_rolled_out()
         yield installed
     finally:

@@ -9,6 +9,8 @@ The changes (measured on this VM kind, /work/shared/reference/real-node.md §5):
 * mounts under the work dir (the kubelet's self bind-mount of its root dir, tmpfs volumes, containerd's rootfs
   overlays): unmounted, deepest first;
 * `kubepods` cgroups in every cgroup v1 hierarchy (and v2 `unified`): removed, leaves first, if created here;
+* the CNI bridge (only a pod without hostNetwork creates it: the proxy sidecar test's) and its network namespaces
+  in /run/netns, and net.ipv4.ip_forward (the bridge plugin's gateway mode): link deleted, namespaces unmounted;
 * paths created even with custom roots (/var/lib/kubelet, /var/log/containers, /var/lib/cni, /run/containerd, ...):
   removed if they did not exist before.
 """
@@ -24,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
-           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes")
+           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward")
 HARD_CODED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"),
                     Path("/var/lib/cni"), Path("/run/containerd"), Path("/usr/libexec/kubernetes"),
                     Path("/etc/kubernetes"), Path("/var/run/kubernetes"))
+NETNS_DIR = Path("/run/netns")
+BRIDGE = "winode0"  # the CNI bridge of tests/node/realnode.py's config
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -43,6 +47,19 @@ def _cgroup_dirs() -> list[Path]:
             with contextlib.suppress(OSError):
                 found += [p for p in hierarchy.iterdir() if p.is_dir() and p.name.startswith("kubepods")]
     return found
+
+
+def _links() -> list[str]:
+    """Network interfaces of the host (a bridge and veths appear when a bridge pod starts)."""
+    with contextlib.suppress(OSError):
+        return sorted(p.name for p in Path("/sys/class/net").iterdir())
+    return []
+
+
+def _netns() -> list[str]:
+    with contextlib.suppress(OSError):
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    return []
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -68,6 +85,8 @@ class HostState:
     sysctls: dict[str, str] = field(default_factory=dict)
     existing_paths: set[Path] = field(default_factory=set)
     existing_cgroups: set[Path] = field(default_factory=set)
+    existing_links: set[str] = field(default_factory=set)
+    existing_netns: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     @classmethod
@@ -78,6 +97,8 @@ class HostState:
                 state.sysctls[name] = _sysctl_path(name).read_text().strip()
         state.existing_paths = {p for p in HARD_CODED_PATHS if p.exists() or p.is_symlink()}
         state.existing_cgroups = set(_cgroup_dirs())
+        state.existing_links = set(_links())
+        state.existing_netns = set(_netns())
         return state
 
     def restore(self, workdir: Path) -> list[str]:
@@ -85,6 +106,7 @@ class HostState:
         self.problems = []
         self._unmount(workdir)
         self._remove_cgroups()
+        self._remove_network()
         self._restore_sysctls()
         for tool in ("iptables", "ip6tables"):
             if shutil.which(tool):
@@ -108,6 +130,20 @@ class HostState:
                                       check=False)
                 if lazy.returncode != 0:
                     self.problems.append(f"cannot unmount {point}: {proc.stderr.strip()}")
+
+    def _remove_network(self) -> None:
+        for name in _netns():  # containerd names them cni-<uuid>; podman's and others' are left alone
+            if name.startswith("cni-") and name not in self.existing_netns:
+                self._unmount(NETNS_DIR / name)
+                subprocess.run(["umount", str(NETNS_DIR / name)], capture_output=True, timeout=30, check=False)
+                with contextlib.suppress(OSError):
+                    (NETNS_DIR / name).unlink()
+        for name in _links():  # only our bridge: other sessions' interfaces are not ours to delete
+            if name == BRIDGE and name not in self.existing_links:
+                proc = subprocess.run(["ip", "link", "delete", name], capture_output=True, text=True, timeout=30,
+                                      check=False)
+                if proc.returncode != 0 and name in _links():
+                    self.problems.append(f"cannot delete link {name}: {proc.stderr.strip()}")
 
     def _remove_cgroups(self) -> None:
         for top in _cgroup_dirs():

@@ -96,3 +96,23 @@ def ensure_example_image(base_image: str) -> str:
         podman("build", "--pull=never", "--network", "host", *ULIMITS, "--build-arg", f"BASE={base_image}",
                "--tag", image, str(EXAMPLE_DIR), timeout=IMAGE_BUILD_TIMEOUT_S)
     return image
+
+
+STAND_INS_DIR = Path(__file__).resolve().parent / "stand-ins"
+
+
+def ensure_proxy_stand_ins(base_image: str) -> tuple[str, str]:
+    """Local stand-ins for the reference's proxy and proxy-init images (which cannot be pulled here), built on
+    `base_image`: (PROXY_IMAGE, PROXY_INIT_IMAGE)."""
+    names = []
+    for kind in ("proxy", "proxy-init"):
+        containerfile = STAND_INS_DIR / f"Containerfile.{kind}"
+        digest = hashlib.sha256(inspect_image(base_image)["Id"].encode())
+        for path in sorted(STAND_INS_DIR.iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        image = f"localhost/wi-webhook-test/{kind}:test-{digest.hexdigest()[:16]}"
+        if podman("image", "exists", image, check=False).returncode != 0:
+            podman("build", "--pull=never", "--network", "none", *ULIMITS, "--build-arg", f"BASE={base_image}",
+                   "--file", str(containerfile), "--tag", image, str(STAND_INS_DIR), timeout=600)
+        names.append(image)
+    return names[0], names[1]

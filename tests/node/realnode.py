@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.e2e.cluster import TestCluster, _Proc, free_port
-from tests.node.hoststate import HostState
+from tests.node.hoststate import BRIDGE, HostState
 from tests.node.images import REPO_ROOT, run_script, save_oci_archive
 
 PREPARE_SCRIPT = REPO_ROOT / "hack" / "test-node" / "prepare.sh"
@@ -255,7 +255,7 @@ class NodeCluster:
             d.mkdir(parents=True, exist_ok=True)
         (cni / "net.d" / "10-wi-node.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "wi-node",
-            "plugins": [{"type": "bridge", "bridge": "winode0", "isGateway": True, "ipMasq": False,
+            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]],
                                   "dataDir": str(cni / "ipam")}},
                         {"type": "loopback"}]}))
