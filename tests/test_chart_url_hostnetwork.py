@@ -17,6 +17,7 @@ def test_default_is_the_service_and_the_pod_network() -> None:
     assert "service" in webhook(objects)["clientConfig"] and "url" not in webhook(objects)["clientConfig"]
     spec = deployment(objects)["spec"]["template"]["spec"]
     assert "hostNetwork" not in spec and "dnsPolicy" not in spec
+    assert deployment(objects)["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     assert all("host" not in manager(objects)[probe]["httpGet"]
                for probe in ("startupProbe", "livenessProbe", "readinessProbe"))
     assert not any(arg.startswith("--cert-host") for arg in manager(objects)["args"])
@@ -47,8 +48,10 @@ def test_webhook_url_must_be_https() -> None:
     assert "webhookURL" in message and "https://" in message
 
 
-def test_host_network_probes_loopback() -> None:
+def test_host_network_probes_loopback_and_rolls_one_pod_at_a_time() -> None:
     objects = render({"hostNetwork": True})
+    # A surge pod could not be scheduled beside the one it replaces (same host ports): one at a time instead.
+    assert deployment(objects)["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     spec = deployment(objects)["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.node.images import ImageError, ensure_example_image, ensure_proxy_stand_ins, ensure_webhook_image
-from tests.node.kube import wait_for
+from tests.node.kube import delete_namespace
 from tests.node.realnode import NodeCluster, NodeError, ensure_node_binaries
 from tests.node.release import CHART_NS, Release
 from tests.processes import free_port
@@ -126,9 +126,7 @@ def release(node: NodeCluster, webhook_image: str, chart_extra_values: dict[str,
         yield installed
     finally:
         installed.uninstall()
-        client.CoreV1Api(api).delete_namespace(CHART_NS, grace_period_seconds=0)
-        wait_for(lambda: not client.CoreV1Api(api).list_namespace(
-            field_selector=f"metadata.name={CHART_NS}").items, 120, f"namespace {CHART_NS} deleted")
+        delete_namespace(api, CHART_NS)  # the next module installs into it again
         api.close()
 
 

@@ -23,11 +23,22 @@ def namespace(api: Any, prefix: str, labels: dict[str, str] | None = None) -> It
     try:
         yield name
     finally:
-        try:
-            core.delete_namespace(name, grace_period_seconds=0)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        delete_namespace(api, name, wait=False)
+
+
+def delete_namespace(api: Any, name: str, wait: bool = True, timeout: float = 120.0) -> None:
+    """Delete a test namespace, its pods first without grace (a test's pods need no graceful stop; the namespace
+    controller would otherwise wait out each pod's terminationGracePeriodSeconds); `wait`: until it is gone."""
+    core = client.CoreV1Api(api)
+    try:
+        core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        core.delete_namespace(name, grace_period_seconds=0)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    if wait:
+        wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items, timeout,
+                 f"namespace {name} deleted")
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:

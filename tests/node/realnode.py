@@ -360,13 +360,17 @@ class NodeCluster:
         tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
         for task in tasks:
             self.ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
-        for task in tasks:
-            for _ in range(50):
-                if self.ctr("tasks", "delete", task, check=False).returncode == 0:
-                    break
-                time.sleep(0.2)
-            else:
-                problems.append(f"container task {task} could not be deleted")
+        deadline = time.monotonic() + 60
+        remaining = list(tasks)
+        while remaining and time.monotonic() < deadline:
+            for task in list(remaining):
+                # -f: also a task whose process is still exiting (SIGKILL is not instantaneous for runc's init).
+                self.ctr("tasks", "delete", "-f", task, check=False)
+            listed = set(self.ctr("tasks", "ls", "-q", check=False).stdout.split())
+            remaining = [t for t in remaining if t in listed]
+            if remaining:
+                time.sleep(0.5)
+        problems += [f"container task {task} could not be deleted" for task in remaining]
         for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
             self.ctr("containers", "delete", container, check=False)
         return problems

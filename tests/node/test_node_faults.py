@@ -69,6 +69,56 @@ def test_deleting_the_webhook_pod_fails_creations_closed_then_recovers(release: 
         release.wait_rolled_out(timeout=60)
 
 
+def stream_creations(core: Any, ns: str, until: Any, limit_s: float = STREAM_LIMIT_S
+                     ) -> tuple[list[Any], list[str]]:
+    """Create pending pods every 0.2 s until `until()` is true and 5 more were admitted after it (bounded)."""
+    admitted: list[Any] = []
+    failures: list[str] = []
+    deadline = time.monotonic() + limit_s
+    done_at = None
+    index = 1000
+    while time.monotonic() < deadline:
+        try:
+            admitted.append(core.create_namespaced_pod(ns, pending_pod(index)))
+        except ApiException as exc:
+            failures.append(str(exc.body))
+        index += 1
+        if done_at is None and until():
+            done_at = len(admitted)
+        if done_at is not None and len(admitted) >= done_at + 5:
+            break
+        time.sleep(0.2)
+    return admitted, failures
+
+
+def test_a_chart_upgrade_rolls_the_webhook_and_admits_nothing_uninjected(release: Release) -> None:
+    """An upgrade (a changed value rolls the pod) completes on this one node: hostNetwork replaces the pod in place
+    (maxSurge 0). With one replica the webhook is briefly down, so creations may fail then (closed, naming the
+    webhook); none is admitted without the identity, and the new pod serves afterwards."""
+    core = client.CoreV1Api(release.api)
+    [old] = [p for p in release.pods() if p.metadata.deletion_timestamp is None]
+    with namespace(release.api, "node-upgrade") as ns:
+        core.create_namespaced_service_account(ns, {"metadata": {
+            "name": "workload", "annotations": {"azure.workload.identity/client-id": CLIENT_ID}}})
+        release.apply({**release.values, "logLevel": "debug"})
+
+        def rolled() -> bool:
+            dep = release.deployment()
+            s = dep.status
+            return bool((s.observed_generation or 0) >= dep.metadata.generation
+                        and (s.updated_replicas or 0) == 1 and (s.available_replicas or 0) == 1
+                        and (s.replicas or 0) == 1)
+
+        admitted, failures = stream_creations(core, ns, rolled)
+        assert rolled(), f"the upgrade did not complete within {STREAM_LIMIT_S:.0f}s: {release.deployment().status}"
+        assert all(WEBHOOK_NAME in f for f in failures), failures[:3]
+        assert admitted and all(injected(p) for p in admitted)
+        assert all(injected(p) for p in core.list_namespaced_pod(ns).items)
+        [new] = [p for p in release.pods() if p.metadata.deletion_timestamp is None]
+        assert new.metadata.name != old.metadata.name
+        assert "--log-level=debug" in new.spec.containers[0].args
+
+
 def test_uninstall_leaves_no_webhook_configuration(release: Release) -> None:
     """Last in this module: the module's release is uninstalled here (its teardown then has nothing left)."""
     admission = client.AdmissionregistrationV1Api(release.api)

@@ -22,7 +22,7 @@ from kubernetes.stream import stream
 from tests.e2e.fake_entra import FakeEntra
 from tests.e2e.fake_keyvault import FakeKeyVault
 from tests.node.images import EXAMPLE_DIR
-from tests.node.kube import describe, logs, wait_for
+from tests.node.kube import delete_namespace, describe, logs, wait_for
 from tests.node.realnode import NodeCluster
 from tests.node.release import CLIENT_ID, TENANT, Release
 
@@ -96,9 +96,7 @@ def reader(release: Release, node: NodeCluster, example_image: str,
                 apps.create_namespaced_deployment(NS, obj)
         yield api
     finally:
-        core.delete_namespace(NS, grace_period_seconds=0)
-        wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={NS}").items, 120,
-                 f"namespace {NS} deleted")
+        delete_namespace(api, NS)
 
 
 def running_pod(api: Any) -> Any:
