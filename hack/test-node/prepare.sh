@@ -22,7 +22,7 @@ bin_dir="$(bash "$hack/test-apiserver/build.sh" --node | tail -n 1)"
 
 if ! "${podman_cmd[@]}" image exists "$PAUSE_IMAGE"; then
   go_bin="$(command -v go || echo /usr/local/go/bin/go)"
-  k8s_dir="$(cd "$hack/test-apiserver" && GOTOOLCHAIN=local GOFLAGS=-mod=mod "$go_bin" list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  k8s_dir="$(cd "$hack/test-apiserver" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go_bin" list -m -f '{{.Dir}}' k8s.io/kubernetes)"
   src="$k8s_dir/build/pause/linux/pause.c"
   [[ -f "$src" ]] || { log "pause.c not found at $src (the k8s.io/kubernetes module is incomplete)"; exit 1; }
   work="$(mktemp -d)"
