@@ -18,9 +18,11 @@ The changes (measured on this VM kind, /work/shared/reference/real-node.md §5):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,45 @@ class HostState:
         state.existing_links = set(_links())
         state.existing_netns = set(_netns())
         return state
+
+    def save(self, path: Path, workdir: Path) -> None:
+        """Persist the baseline (and the work dir) so the next start can clean up if this process dies."""
+        path.write_text(json.dumps({
+            "workdir": str(workdir), "sysctls": self.sysctls,
+            "existing_paths": sorted(map(str, self.existing_paths)),
+            "existing_cgroups": sorted(map(str, self.existing_cgroups)),
+            "existing_links": sorted(self.existing_links), "existing_netns": sorted(self.existing_netns)}))
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[HostState, Path]:
+        data = json.loads(path.read_text())
+        state = cls(sysctls=dict(data["sysctls"]), existing_paths={Path(p) for p in data["existing_paths"]},
+                    existing_cgroups={Path(p) for p in data["existing_cgroups"]},
+                    existing_links=set(data["existing_links"]), existing_netns=set(data["existing_netns"]))
+        return state, Path(data["workdir"])
+
+    def kill_leftovers(self, workdir: Path) -> list[str]:
+        """After a test process died without stopping its cluster: SIGKILL, by PID, every process in a kubepods
+        cgroup created by that cluster (the containers) and every process whose command line names its work dir
+        (kubelet, containerd and its shims, control plane)."""
+        pids: set[int] = set()
+        for top in _cgroup_dirs():
+            if top in self.existing_cgroups:
+                continue
+            for procs in top.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    pids |= {int(line) for line in procs.read_text().split()}
+        marker = (str(workdir) + "/").encode()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if marker in (entry / "cmdline").read_bytes():
+                        pids.add(int(entry.name))
+        pids.discard(os.getpid())
+        for pid in sorted(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return [f"killed {len(pids)} processes left by a previous run in {workdir}"] if pids else []
 
     def restore(self, workdir: Path) -> list[str]:
         """Undo everything listed in the module docstring; returns what could not be undone (empty: all)."""

@@ -41,13 +41,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.e2e.cluster import TestCluster, _Proc, free_port
-from tests.node.hoststate import BRIDGE, HostState
+from tests.node.hoststate import HostState
 from tests.node.images import REPO_ROOT, run_script, save_oci_archive
+from tests.node.nodeconfig import CONTAINERD_CONFIG, cni_config, kubelet_config
 
 PREPARE_SCRIPT = REPO_ROOT / "hack" / "test-node" / "prepare.sh"
 PAUSE_IMAGE = "localhost/wi-webhook-test/pause:3.10-local"  # made by prepare.sh
 CACHE_DIR = Path(os.environ.get("WI_TEST_BIN_DIR", Path.home() / ".cache" / "wi-webhook-test-bin"))
 LOCK_FILE = CACHE_DIR / "node-cluster.lock"
+# The running cluster's host baseline and work dir, written under the lock and removed by stop(): if it exists at
+# start, the previous test process died without stopping its cluster, and start() cleans up after it first.
+STATE_FILE = CACHE_DIR / "node-cluster.json"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 PREPARE_TIMEOUT_S = 2400.0
 LOCK_TIMEOUT_S = 1200.0
@@ -140,7 +144,9 @@ class NodeCluster:
         node._take_lock()
         try:
             node._preflight()
+            node._clean_up_after_a_dead_run()
             node.host = HostState.record()
+            node.host.save(STATE_FILE, node.workdir)
             node.api = NodeApiServer.start(node.workdir / "control-plane", bin_dir)
             node._start_containerd()
             node._import_images()
@@ -171,6 +177,8 @@ class NodeCluster:
             self.api.stop()
         if self.host is not None:
             problems += self.host.restore(self.workdir)
+            if not problems:
+                STATE_FILE.unlink(missing_ok=True)
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None
@@ -226,6 +234,23 @@ class NodeCluster:
                                     f"not stop within {LOCK_TIMEOUT_S:.0f}s") from None
                 time.sleep(1.0)
 
+    def _clean_up_after_a_dead_run(self) -> None:
+        """A previous session died (SIGKILL, OOM, CI timeout) with its cluster up: its kubelet and containerd died
+        with it (PDEATHSIG) but containers, shims, mounts and host settings stayed. Undo them from its saved state."""
+        if not STATE_FILE.exists():
+            return
+        try:
+            previous, workdir = HostState.load(STATE_FILE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise NodeError(f"cannot read {STATE_FILE} ({exc}): check the host by hand, then delete it") from exc
+        previous.kill_leftovers(workdir)
+        time.sleep(1.0)  # SIGKILLed processes leave their cgroups and mounts
+        problems = previous.restore(workdir)
+        if problems:
+            raise NodeError(f"a previous real-node run left changes that could not be undone: {problems}; fix them "
+                            f"by hand, then delete {STATE_FILE}")
+        STATE_FILE.unlink()
+
     def _preflight(self) -> None:
         if os.geteuid() != 0:
             raise NodeError("the real-node tests need root (containerd, runc, the kubelet's cgroups and iptables)")
@@ -253,12 +278,7 @@ class NodeCluster:
         cni = self.workdir / "cni"
         for d in (base, cni / "net.d", cni / "ipam"):
             d.mkdir(parents=True, exist_ok=True)
-        (cni / "net.d" / "10-wi-node.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": "wi-node",
-            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
-                         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]],
-                                  "dataDir": str(cni / "ipam")}},
-                        {"type": "loopback"}]}))
+        (cni / "net.d" / "10-wi-node.conflist").write_text(json.dumps(cni_config(cni / "ipam")))
         config = base / "config.toml"
         config.write_text(CONTAINERD_CONFIG.format(base=base, sock=self.containerd_sock, pause=PAUSE_IMAGE,
                                                    cni_bin=CNI_BIN_DIR, cni_conf=cni / "net.d"))
@@ -301,21 +321,8 @@ class NodeCluster:
         root = self.workdir / "kubelet"
         root.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "kubelet-config.json"
-        config.write_text(json.dumps({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": "127.0.0.1", "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": self.kubelet_healthz_port,
-            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-            "volumePluginDir": str(self.workdir / "volume-plugins"),
-            "resolvConf": "/etc/resolv.conf", "serializeImagePulls": False,
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
-            "syncFrequency": "5s", "fileCheckFrequency": "5s", "nodeStatusUpdateFrequency": "5s",
-        }))
+        config.write_text(json.dumps(kubelet_config(self.kubelet_port, self.kubelet_healthz_port,
+                                                    self.containerd_sock, self.workdir)))
         self._start("kubelet", [
             str(self.bin_dir / "kubelet"), f"--config={config}",
             f"--kubeconfig={self.apiserver.kubeconfigs['kubelet']}", f"--root-dir={root}",
@@ -387,37 +394,3 @@ class NodeCluster:
                     os.kill(int(entry.name), signal.SIGKILL)
                     killed.append(entry.name)
         return [f"killed leftover containerd shims {killed}"] if killed else []
-
-
-CONTAINERD_CONFIG = """version = 2
-root = "{base}/root"
-state = "{base}/state"
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  disable_apparmor = true
-  # No CAP_SYS_RESOURCE on this VM kind: runc cannot lower oom_score_adj (a sandbox asks for -998).
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    discard_unpacked_layers = false
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "/usr/sbin/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{cni_conf}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ""
-"""
