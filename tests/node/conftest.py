@@ -103,7 +103,9 @@ def chart_values(node: NodeCluster, image: str, port: int) -> dict[str, Any]:
     repository, tag = image.rsplit(":", 1)
     return {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
             "replicaCount": 1, "hostNetwork": True, "webhookURL": f"https://127.0.0.1:{port}",
-            "service": {"targetPort": port}, "metricsAddr": f":{free_port()}",
+            "service": {"targetPort": port}, "metricsAddr": f"127.0.0.1:{free_port()}",
+            # The API server calls 127.0.0.1: nothing else needs the webhook port on the host's other interfaces.
+            "extraArgs": ["--host=127.0.0.1"],
             # No kube-proxy here: the in-cluster config reaches the API server through the node's loopback.
             "extraEnv": node.pod_env()}
 
