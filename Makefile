@@ -22,12 +22,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, type-check, unit, server and end-to-end tests against a real kube-apiserver
-# (built from source on first use and cached in ~/.cache/wi-webhook-test-bin). pytest's "no tests" (5) fails.
+# (built from source on first use and cached in ~/.cache/wi-webhook-test-bin), and tests/node: the image built from
+# the Dockerfile (podman) running as the chart's Deployment on a real single-node cluster (kubelet, containerd;
+# needs root, installs its Debian packages: hack/test-node/prepare.sh). pytest's "no tests" (5) fails.
 test: lint
 	$(PY) -m pytest -q
 
 unit: $(STAMP)
-	$(PY) -m pytest -q --ignore=tests/e2e
+	$(PY) -m pytest -q --ignore=tests/e2e --ignore=tests/node
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the kube-apiserver and etcd binaries used by the end-to-end tests (tests/e2e)
 # from the official Go modules pinned in go.mod / etcd/go.mod beside this script.
+# `build.sh --node` also builds kubelet, kube-controller-manager and kube-scheduler from the same
+# go.mod (its `tool` lines), for the real single-node cluster of tests/node (hack/test-node/).
 #
 # Binaries are cached outside the repo, in
-#   ${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/<k8s-version>/{kube-apiserver,etcd}
-# If both exist the script exits at once. Progress goes to stderr; the last line of
+#   ${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/<k8s-version>/{kube-apiserver,etcd,...}
+# If they all exist the script exits at once. Progress goes to stderr; the last line of
 # stdout is the bin dir. Go's module and build caches stay at their defaults.
 set -euo pipefail
 
@@ -16,7 +18,18 @@ bin_dir="${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/${KUBE_VERSION}"
 
 log() { echo "build.sh: $*" >&2; }
 
-if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]]; then
+binaries=(kube-apiserver etcd)
+case "${1:-}" in
+  "") ;;
+  --node) binaries+=(kubelet kube-controller-manager kube-scheduler) ;;
+  *) log "unknown argument '$1' (usage: build.sh [--node])"; exit 2 ;;
+esac
+all_built() {
+  local b
+  for b in "${binaries[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done
+}
+
+if all_built; then
   log "cached: $bin_dir"
   echo "$bin_dir"
   exit 0
@@ -42,7 +55,7 @@ mkdir -p "$bin_dir"
 exec 9>"$bin_dir/.build.lock"
 if command -v flock >/dev/null 2>&1; then
   flock -w 1800 9 || { log "timed out waiting for another build (lock $bin_dir/.build.lock)"; exit 1; }
-  if [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]]; then
+  if all_built; then
     log "built by a concurrent run: $bin_dir"
     echo "$bin_dir"
     exit 0
@@ -76,6 +89,16 @@ if [[ ! -x "$bin_dir/kube-apiserver" ]]; then
   log "kube-apiserver built in $((SECONDS - t0))s"
 fi
 
+for component in "${binaries[@]:2}"; do
+  [[ -x "$bin_dir/$component" ]] && continue
+  log "building ${component} ${KUBE_VERSION} ..."
+  t0=$SECONDS
+  (cd "$here" && "$go_bin" build -p 2 -tags=selinux,notest,grpcnotrace -ldflags="$ldflags" \
+    -o "$bin_dir/${component}.tmp" "k8s.io/kubernetes/cmd/${component}")
+  mv -f "$bin_dir/${component}.tmp" "$bin_dir/${component}"
+  log "${component} built in $((SECONDS - t0))s"
+done
+
 if [[ ! -x "$bin_dir/etcd" ]]; then
   log "building etcd ${ETCD_VERSION} ..."
   t0=$SECONDS
@@ -88,5 +111,6 @@ fi
 
 "$bin_dir/kube-apiserver" --version >&2
 "$bin_dir/etcd" --version >&2
+for component in "${binaries[@]:2}"; do "$bin_dir/$component" --version >&2; done
 log "build took $((SECONDS - start))s"
 echo "$bin_dir"

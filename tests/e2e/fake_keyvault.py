@@ -22,11 +22,20 @@ from .tls import make_serving_cert
 
 
 class FakeKeyVault:
-    def __init__(self, workdir: Path, authority: str, tenant: str, jwks: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, workdir: Path, authority: str, tenant: str, jwks: Callable[[], dict[str, Any]],
+                 vault_host: str | None = None) -> None:
+        """`vault_host`: a DNS name like `my-vault.vault.localtest` that the client resolves to 127.0.0.1 (e.g. a
+        pod's hostAliases). The URL then uses it and the challenge names its parent domain (and port) as the
+        resource, as the real service does (`https://vault.azure.net` for `<name>.vault.azure.net`), so
+        azure-keyvault-secrets' challenge-resource check passes unchanged. Without it: 127.0.0.1, and the client
+        must turn that check off.
+        """
         self.authority, self.tenant, self._jwks = authority, tenant, jwks
+        self.vault_host = vault_host
         self.secrets: dict[str, str] = {}
         self.readers: set[str] = set()
-        pair = make_serving_cert(workdir, "fake-keyvault")
+        names = ("localhost", vault_host) if vault_host else ("localhost",)
+        pair = make_serving_cert(workdir, "fake-keyvault", dns_names=names)
         self.ca_file = pair.ca_file
         owner = self
 
@@ -54,7 +63,14 @@ class FakeKeyVault:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return f"https://{self.vault_host or '127.0.0.1'}:{self._server.server_address[1]}"
+
+    @property
+    def resource(self) -> str:
+        """The challenge's resource: the vault host's parent domain, with the (non-default) port the SDK compares."""
+        if not self.vault_host:
+            return self.url
+        return f"https://{self.vault_host.split('.', 1)[1]}:{self._server.server_address[1]}"
 
     def start(self) -> FakeKeyVault:
         self._thread.start()
@@ -67,7 +83,7 @@ class FakeKeyVault:
 
     def _handle(self, raw_path: str, authorization: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         if not authorization.startswith("Bearer "):
-            challenge = f'Bearer authorization="{self.authority}{self.tenant}", resource="{self.url}"'
+            challenge = f'Bearer authorization="{self.authority}{self.tenant}", resource="{self.resource}"'
             return 401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or "
                                                                       "PoP token."}}, {"WWW-Authenticate": challenge}
         try:
