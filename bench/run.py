@@ -83,13 +83,14 @@ def review(size: str, scenario: str = "burst") -> bytes:
                                    "object": pod(size, scenario)}}, separators=(",", ":")).encode()
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30, log: Path | None = None) -> None:
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            output = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(map(str, proc.args))}\n{output}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
@@ -115,6 +116,11 @@ def server_commands(name: str, port: int, workers: int, tmp: Path, binary: Path,
              "--health-addr", f"127.0.0.1:{free_port()}", "--metrics-addr", f"127.0.0.1:{free_port()}",
              "--webhook-cert-dir", str(tmp / "certs"), "--objects", str(tmp / "sa.yaml"),
              "--workers", str(workers)]]
+
+
+def server_log(tmp: Path) -> Any:
+    """Where a server's stderr goes: a file (a pipe nobody reads would fill up and stall the server)."""
+    return (tmp / "servers.log").open("ab")
 
 
 def server_cwd(name: str, compare: Path | None) -> Path:
@@ -160,8 +166,8 @@ def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, 
                 port = free_port()
                 [command] = server_commands(name, port, 1, tmp, binary)
                 procs.append(subprocess.Popen([*pin("0"), *command], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, cwd=server_cwd(name, args.compare)))
-                wait_port(port, procs[-1])
+                                              stderr=server_log(tmp), cwd=server_cwd(name, args.compare)))
+                wait_port(port, procs[-1], log=tmp / "servers.log")
                 targets[size].append((label, f"https://127.0.0.1:{port}/mutate-v1-pod", body))
         labels = [label for group in targets.values() for label, _, _ in group]
         rates: dict[str, list[float]] = {label: [] for label in labels}
@@ -255,11 +261,11 @@ def main() -> int:
                     body.write_bytes(review(size, scenario))
                     port = free_port()
                     procs = [subprocess.Popen([*pin(server_cpu), *command], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, cwd=server_cwd(name, args.compare))
+                                              stderr=server_log(tmp), cwd=server_cwd(name, args.compare))
                              for command in server_commands(name, port, workers, tmp, binary)]
                     label = f"{name} x{workers}" + (f" {scenario}" if name.startswith("wi-webhook") else "")
                     try:
-                        wait_port(port, procs[0])
+                        wait_port(port, procs[0], log=tmp / "servers.log")
                         url = f"https://127.0.0.1:{port}/mutate-v1-pod"
                         rows.append((size, label, "saturation", loadgen(
                             binary, url, body, ca, ["-mode", "sat", "-conns", "16", "-duration", args.duration],

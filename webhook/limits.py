@@ -90,10 +90,6 @@ class Limits:
         return cls(**values)
 
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -106,24 +102,13 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def tune_allocator() -> bool:
-    """Make glibc give freed memory back, so RSS falls again after a flood of connections or large bodies.
-
-    Why: each TLS connection's read buffer is 256 KiB. glibc serves a block that large with mmap at first, but
-    once one is freed it raises its mmap threshold (up to 32 MiB) and serves the next ones from the heap, where
-    freed blocks stay mapped: RSS grew 63 -> 202 MB over 30 rounds of 2,000 connections and never came back.
-    A fixed threshold turns that off (blocks of 128 KiB and more are always mmapped and unmapped on free), and a
-    lower trim threshold returns the heap's free top sooner. Returns False where this does not apply (not glibc).
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024))
-    return ok
-
-
 def release_memory() -> None:
-    """Return the free parts of the heap to the system (glibc's malloc_trim); after a flood has drained."""
+    """Return the free parts of the heap to the system (glibc's malloc_trim); after a flood has drained.
+
+    Why: each TLS connection's read buffer is large (256 KiB on asyncio's loop); once such blocks are freed glibc
+    keeps them in the heap, and RSS grew 63 -> 202 MB over 30 rounds of 2,000 connections and never came back.
+    (Tuning glibc's mmap and trim thresholds instead was tried: it cost large pods half their throughput, since a
+    200 KB review's buffers were then mapped and unmapped on every request.)"""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -26,7 +26,7 @@ from webhook.config import ServeOptions, parse_addr
 from webhook.connections import ConnectionGuard, GuardedSite, guard_middleware
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.handler import AdmissionHandler
-from webhook.limits import BodyBudget, Limits, release_memory, tune_allocator
+from webhook.limits import BodyBudget, Limits, release_memory
 from webhook.manifests import ObjectShapeError
 from webhook.metrics import Metrics
 from webhook.rotation import CertRotator
@@ -231,7 +231,6 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
         log.error(str(exc))
         raise SystemExit(2) from None
     handler.metrics.admission.max_namespaces = bounds.max_metric_namespaces
-    tune_allocator()
     release_memory()  # what reading --objects files left behind
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
