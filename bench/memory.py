@@ -22,7 +22,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +30,7 @@ from kubernetes import client  # noqa: E402
 
 from bench.objects import service_accounts  # noqa: E402
 from tests.e2e.cluster import TestCluster  # noqa: E402
+from tests.limits_support import stub_api_server, stub_kubeconfig  # noqa: E402
 from tests.processes import WebhookProcess  # noqa: E402
 
 
@@ -96,67 +96,10 @@ print(f"{total} {len(cache)} {seconds:.2f} {rss():.1f}")
 """
 
 
-def stub_api_server(total: int) -> tuple[Any, int]:
-    """A thread serving what the webhook's list+watch asks for, as kube-apiserver would (paged lists, continue
-    tokens, resourceVersion; watches stay open and idle). Returns (server, port)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlparse
-
-    import orjson
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *_: Any) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if query.get("watch") in ("true", "1"):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                time.sleep(min(float(query.get("timeoutSeconds", "30")), 30))
-                self.wfile.write(b"0\r\n\r\n")
-                return
-            if url.path == "/api/v1/serviceaccounts":
-                limit = int(query.get("limit", "500"))
-                start = int(query.get("continue") or 0)
-                stop = min(start + limit, total)
-                body = {"kind": "ServiceAccountList", "apiVersion": "v1", "items": service_accounts(start, stop),
-                        "metadata": {"resourceVersion": "2000000", **({"continue": str(stop)} if stop < total else {})}}
-            elif url.path == "/api/v1/namespaces":
-                body = {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "2000000"},
-                        "items": [{"metadata": {"name": f"team-{i}", "resourceVersion": "1"}} for i in range(300)]}
-            else:
-                body = {"kind": "Status", "code": 404}
-            data = orjson.dumps(body)
-            self.send_response(200 if body.get("kind") != "Status" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
-
-
 def served(size: int, tmp: Path) -> tuple[float, float]:
-    server, port = stub_api_server(size)
+    server = stub_api_server(size, service_accounts)
     try:
-        kubeconfig = tmp / f"stub-{size}.kubeconfig"
-        kubeconfig.write_text(f"""apiVersion: v1
-kind: Config
-clusters: [{{name: stub, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
-users: [{{name: stub, user: {{token: stub}}}}]
-contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]
-current-context: stub
-""")
+        kubeconfig = stub_kubeconfig(tmp / f"stub-{size}.kubeconfig", server)
         workdir = tmp / f"served-{size}"
         workdir.mkdir()
         started = time.monotonic()

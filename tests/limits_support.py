@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -95,7 +96,13 @@ def account(index: int) -> dict[str, Any]:
                          "labels": {"app": f"app-{index % 50}", "team": f"team-{index % 300}"}}}
 
 
-def stub_api_server(total: int) -> ThreadingHTTPServer:
+def stub_api_server(total: int, accounts: Callable[[int, int], list[dict[str, Any]]] | None = None
+                    ) -> ThreadingHTTPServer:
+    """A thread serving what the webhook's list+watch asks for, as kube-apiserver would (paged lists with continue
+    tokens; watches stay open and idle): `total` ServiceAccounts, `accounts(start, stop)` of them per page
+    (default: `account(i)` each)."""
+    page = accounts or (lambda start, stop: [account(i) for i in range(start, stop)])
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -121,7 +128,7 @@ def stub_api_server(total: int) -> ThreadingHTTPServer:
                 start = int(query.get("continue") or 0)
                 stop = min(start + int(query.get("limit", "500")), total)
                 more = {"continue": str(stop)} if stop < total else {}
-                body: dict[str, Any] = {"kind": "ServiceAccountList", "items": [account(i) for i in range(start, stop)],
+                body: dict[str, Any] = {"kind": "ServiceAccountList", "items": page(start, stop),
                                         "metadata": {"resourceVersion": "1", **more}}
             elif url.path == "/api/v1/namespaces":
                 body = {"kind": "NamespaceList", "metadata": {"resourceVersion": "1"},
