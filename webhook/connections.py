@@ -4,8 +4,8 @@ for a request's headers, and an idle timeout between requests (the figures are i
 aiohttp alone keeps a connection that sends nothing for an hour (its keep-alive timeout) and one that sends its
 headers a byte at a time for as long as it keeps sending; each costs memory (2,000 idle TLS connections held
 147 MB). Each connection's protocol is wrapped by `_Tracked`, which forwards everything to aiohttp's own handler
-and notes when a request's first byte arrived; `guard_middleware` notes when aiohttp handed a request to the app
-(its headers are complete) and when the answer went out. A sweep once a second closes what overstayed.
+and notes when a request's first byte arrived; the webhook's route handler tells the guard when aiohttp handed it a
+request (its headers are complete) and when the answer went out. A sweep once a second closes what overstayed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import gc
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -57,6 +56,22 @@ class ConnectionGuard:
             gc.collect()
             limits.release_memory()
             self._peak = len(self.open)
+
+    def request_started(self, transport: Any) -> _Tracked | None:
+        """aiohttp handed a request to the app (its headers are complete): its connection is busy, past the header
+        deadline, until `request_finished`. None for a connection this guard does not track."""
+        tracked = self.open.get(transport)
+        if tracked is not None:
+            tracked.busy = True
+            tracked.receiving_since = None
+        return tracked
+
+    @staticmethod
+    def request_finished(tracked: _Tracked | None) -> None:
+        """The answer went out: the connection is idle from now (the idle timeout runs)."""
+        if tracked is not None:
+            tracked.busy = False
+            tracked.idle_since = time.monotonic()
 
     def _added(self, tracked: _Tracked) -> bool:
         if len(self.open) >= self.max_connections:
@@ -111,26 +126,6 @@ class _Tracked(asyncio.Protocol):
             return
         self.guard.open.pop(self.transport, None)
         self.inner.connection_lost(exc)
-
-
-def guard_middleware(guard: ConnectionGuard) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Marks a connection busy while aiohttp runs a request's handler (its headers are in), idle afterwards."""
-
-    @web.middleware
-    async def middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        tracked = guard.open.get(request.transport)
-        if tracked is None:
-            return await handler(request)
-        tracked.busy = True
-        tracked.receiving_since = None
-        try:
-            return await handler(request)
-        finally:
-            tracked.busy = False
-            tracked.idle_since = time.monotonic()
-
-    return middleware
 
 
 class GuardedSite(web.TCPSite):

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.admission import BadReview
 from webhook.config import ServeOptions, parse_addr
-from webhook.connections import ConnectionGuard, GuardedSite, guard_middleware
+from webhook.connections import ConnectionGuard, GuardedSite
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.handler import AdmissionHandler
 from webhook.limits import BodyBudget, Limits, release_memory
@@ -46,47 +46,53 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
     bounds = bounds or Limits()
     budget = BodyBudget(bounds.max_inflight_body_bytes)
     body_timeout = bounds.body_timeout
+    guard = guard or ConnectionGuard(bounds)  # without a GuardedSite it tracks nothing
 
     def endpoint(answer_with: Callable[[bytes], Awaitable[bytes]]) -> Callable[[web.Request], Awaitable[web.Response]]:
-        # One coroutine per route that calls the handler itself: a shared coroutine in between costs a frame per
-        # review.
+        # One coroutine per route that calls the handler itself (no middleware: each costs a coroutine per review).
         async def answer(request: web.Request) -> web.Response:
-            # The API server sends exactly this header; parsing it (request.content_type) costs a few microseconds.
-            if request.headers.get("Content-Type") != "application/json" \
-                    and request.content_type != "application/json":
-                return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
-            refused = encoding_refusal(request)
-            if refused is not None:
-                return refused
-            size = budget.charge(request.content_length, max_request_bytes)
-            if not budget.try_acquire(size) and not await budget.acquire(size, body_timeout):
-                return closing(json_error(503, "too many large reviews in flight; retry"))
+            connection = guard.request_started(request.transport)
             try:
-                try:
-                    # The usual review arrived whole with its headers: no deadline task needed to read it.
-                    body = await (request.read() if request.content.is_eof() else
-                                  asyncio.wait_for(request.read(), body_timeout))
-                except web.HTTPRequestEntityTooLarge:
-                    return closing(json_error(413, f"request body larger than the configured limit of "
-                                                   f"{max_request_bytes} bytes (--max-request-bytes)"))
-                except TimeoutError:
-                    return closing(json_error(408, f"request body not received within {body_timeout:g}s"))
-                try:
-                    reply = await answer_with(body)
-                except BadReview as exc:
-                    handler.metrics.admission.of("error", "").tally()
-                    return json_error(400, str(exc))
-                except ObjectShapeError as exc:
-                    handler.metrics.admission.of("error", "").tally()
-                    return json_error(400, f"AdmissionReview.request.object: {exc}")
-                return web.Response(body=reply, content_type="application/json")
+                return await respond(request, answer_with)
             finally:
-                budget.release(size)
+                guard.request_finished(connection)
 
         return answer
 
-    app = web.Application(client_max_size=max_request_bytes,
-                          middlewares=[guard_middleware(guard)] if guard is not None else [])
+    async def respond(request: web.Request, answer_with: Callable[[bytes], Awaitable[bytes]]) -> web.Response:
+        # The API server sends exactly this header; parsing it (request.content_type) costs a few microseconds.
+        if request.headers.get("Content-Type") != "application/json" \
+                and request.content_type != "application/json":
+            return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
+        refused = encoding_refusal(request)
+        if refused is not None:
+            return refused
+        size = budget.charge(request.content_length, max_request_bytes)
+        if not budget.try_acquire(size) and not await budget.acquire(size, body_timeout):
+            return closing(json_error(503, "too many large reviews in flight; retry"))
+        try:
+            try:
+                # The usual review arrived whole with its headers: no deadline task needed to read it.
+                body = await (request.read() if request.content.is_eof() else
+                              asyncio.wait_for(request.read(), body_timeout))
+            except web.HTTPRequestEntityTooLarge:
+                return closing(json_error(413, f"request body larger than the configured limit of "
+                                               f"{max_request_bytes} bytes (--max-request-bytes)"))
+            except TimeoutError:
+                return closing(json_error(408, f"request body not received within {body_timeout:g}s"))
+            try:
+                reply = await answer_with(body)
+            except BadReview as exc:
+                handler.metrics.admission.of("error", "").tally()
+                return json_error(400, str(exc))
+            except ObjectShapeError as exc:
+                handler.metrics.admission.of("error", "").tally()
+                return json_error(400, f"AdmissionReview.request.object: {exc}")
+            return web.Response(body=reply, content_type="application/json")
+        finally:
+            budget.release(size)
+
+    app = web.Application(client_max_size=max_request_bytes)
     app.router.add_post(MUTATE_PATH, endpoint(handler.review))
     app.router.add_post(VALIDATE_SA_PATH, endpoint(handler.validate_service_account))
     return app
@@ -96,6 +102,9 @@ def encoding_refusal(request: web.Request) -> web.Response | None:
     """415 for a compressed body, before it is read: the API server never compresses admission requests, and a
     0.5 MB gzip body inflating to 512 MiB cost 150 MB of memory on the way to its 413. (The webhook's runner
     also has aiohttp's decompression off, so nothing is inflated even before this check runs.)"""
+    headers = request.headers
+    if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
+        return None  # what the API server sends
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         return closing(json_error(415, f"Content-Encoding {encoding!r} is not supported; send the body "
