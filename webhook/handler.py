@@ -15,7 +15,7 @@ from webhook.admission import ReviewRequest, parse_review, review_response
 from webhook.config import MutationConfig
 from webhook.manifests import service_account_info
 from webhook.metrics import Metrics
-from webhook.mutation import Denial, MutationResult, PodShapeError, pod_ref, shape_denial
+from webhook.mutation import Denial, MutationResult, PodShapeError, bad_pod, pod_ref, shape_denial
 from webhook.policy import Decision, Finding, Mode, admit, check_service_account, enforce_denial
 from webhook.policyfile import PolicyFile
 from webhook.serviceaccounts import ServiceAccountSource
@@ -58,14 +58,14 @@ class AdmissionHandler:
         """Check the pod's shape, find its ServiceAccount (cache first), then let the pure core decide."""
         pod = request.pod
         try:
-            ref = pod_ref(pod, request.namespace)
+            ref = pod_ref(pod, request.namespace, entries=False)  # admit's mutate_pod checks the rest
         except PodShapeError as exc:
             return Decision(MutationResult(denial=shape_denial(exc)))
         lookup = self.source.cached(ref.namespace, ref.service_account)
         if lookup is None:
             lookup = await self.source.get(ref.namespace, ref.service_account)
         if lookup.error:
-            return Decision(MutationResult(denial=Denial(
+            return Decision(MutationResult(denial=bad_pod(pod) or Denial(
                 f"failed to get service account {ref.namespace}/{ref.service_account}: {lookup.error} "
                 "(the API server could not be reached in time; retry the request)",
                 reason="ServiceAccountLookupFailed", code=500)))

@@ -49,11 +49,28 @@ def mutate_pod(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, 
     """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial.
 
     `sa` is None when the pod's ServiceAccount does not exist. `ref` is `pod_ref(pod, request_namespace)` when the
-    caller already has it (the shell computes it to find the ServiceAccount); it vouches for the pod's shape.
+    caller already has it (the shell computes it to find the ServiceAccount).
+
+    The pod's shape is checked in two parts, each entry read once: `pod_ref(..., entries=False)` checks all but the
+    entries of the containers' env and volumeMounts, which the container walk below checks as it reads them. A pod
+    that fails either gets the full check's denial (`bad_pod`: the first offending field, in its order), and so
+    does a pod denied for another reason before the walk reached a bad entry: the answer is the one a full check
+    up front would give (tests/test_shape_split.py holds the two to each other).
     """
+    try:
+        result = _mutate(pod, request_namespace, sa, config, ref)
+    except PodShapeError as exc:  # an env or volumeMounts entry the walk could not read
+        return MutationResult(denial=bad_pod(pod) or shape_denial(exc))
+    if result.denial is not None:
+        return MutationResult(denial=bad_pod(pod) or result.denial) if result.denial.reason != "BadPod" else result
+    return result
+
+
+def _mutate(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, config: MutationConfig,
+            ref: PodRef | None) -> MutationResult:
     if ref is None:
         try:
-            ref = pod_ref(pod, request_namespace)
+            ref = pod_ref(pod, request_namespace, entries=False)
         except PodShapeError as exc:
             return MutationResult(denial=shape_denial(exc))
     if sa is None:
@@ -188,6 +205,9 @@ class _ListEditor:
         self._patch.append({"op": "add", "path": self.path, "value": [item]})
 
 
+_NAME_TYPES = (str, type(None))  # an entry's name is a string, null or absent
+
+
 class _ContainerInjector:
     """Gives each container that is not skipped the env vars it does not set yet and the token mount, recording
     which containers were injected or skipped and which injected names the user already sets."""
@@ -221,17 +241,31 @@ class _ContainerInjector:
 
     def inject_existing(self, container: dict[str, Any], path: str, patch: list[PatchOp]) -> None:
         """Append the ops for a container of the pod: the env vars it does not set yet, then the mount (added, or
-        replacing a same-named mount that differs)."""
+        replacing a same-named mount that differs). Raises PodShapeError for an env or volumeMounts entry that is
+        not an object with a string (or absent) name, in a skipped container too (see mutate_pod)."""
+        current: list[dict[str, Any]] | None = container.get("env")
+        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
+        present = set()
+        injected = self._env_names
+        for entry in current or ():
+            if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), _NAME_TYPES):
+                raise PodShapeError(f"{path}/env has an entry that is not an object with a string name")
+            if name in injected:
+                present.add(name)
+        ours = None  # the index of the mount named like our volume
+        for index, mount in enumerate(mounts or ()):
+            if not isinstance(mount, dict) or not isinstance(name := mount.get("name"), _NAME_TYPES):
+                raise PodShapeError(f"{path}/volumeMounts has an entry that is not an object with a string name")
+            if name == self._mount["name"] and ours is None:
+                ours = index
         if self._skipped(container):
             return
-        current: list[dict[str, Any]] | None = container.get("env")
-        present = set()
-        for entry in current or []:
-            name = entry.get("name")
-            if name in self._env_names:
-                # The user's value is kept (the reference does the same); policy WI005 compares it.
-                self._result.kept_env.append((container.get("name") or "", name, entry.get("value")))
-                present.add(name)
+
+        if present:
+            for entry in current or ():
+                if entry.get("name") in present:
+                    # The user's value is kept (the reference does the same); policy WI005 compares it.
+                    self._result.kept_env.append((container.get("name") or "", entry["name"], entry.get("value")))
         missing = [{"name": name, "value": value} for name, value in self._env if name not in present]
         if current is None and missing:
             patch.append({"op": "add", "path": f"{path}/env", "value": missing})
@@ -239,13 +273,9 @@ class _ContainerInjector:
             append_path = f"{path}/env/-"
             patch.extend([{"op": "add", "path": append_path, "value": entry} for entry in missing])
 
-        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         if mounts is None:
             patch.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(self._mount)]})
-            return
-        for index, mount in enumerate(mounts):
-            if mount.get("name") == self._mount["name"]:
-                if mount != self._mount:
-                    patch.append({"op": "replace", "path": f"{path}/volumeMounts/{index}", "value": dict(self._mount)})
-                return
-        patch.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(self._mount)})
+        elif ours is None:
+            patch.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(self._mount)})
+        elif mounts[ours] != self._mount:
+            patch.append({"op": "replace", "path": f"{path}/volumeMounts/{ours}", "value": dict(self._mount)})

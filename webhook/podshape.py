@@ -19,8 +19,12 @@ class PodShapeError(ValueError):
     """The object is not a decodable Pod; the message names the offending field."""
 
 
-def check_pod_shape(pod: Any) -> None:
-    """Raise PodShapeError naming the first offending field, in the order the fields are listed below."""
+def check_pod_shape(pod: Any, entries: bool = True) -> None:
+    """Raise PodShapeError naming the first offending field, in the order the fields are listed below.
+
+    `entries=False` leaves out the entries of each container's env and volumeMounts (not the lists themselves):
+    the serving path has the mutation check those as it walks them (see mutate_pod), so that every review reads
+    each of its dozens of env entries once instead of twice."""
     if not isinstance(pod, dict):
         raise PodShapeError(f"request.object must be a Pod object, got {type(pod).__name__}")
     kind = pod.get("kind")
@@ -44,12 +48,14 @@ def check_pod_shape(pod: Any) -> None:
     if host_network is not None and not isinstance(host_network, bool):
         raise PodShapeError("spec.hostNetwork must be a boolean")
     for key in ("containers", "initContainers", "volumes"):
-        entries = ("env", "volumeMounts") if key != "volumes" else ()
-        _check_named_objects(spec.get(key), f"spec.{key}", entries)
+        nested = ("env", "volumeMounts") if key != "volumes" else ()
+        _check_named_objects(spec.get(key), f"spec.{key}", nested, entries)
 
 
-def pod_ref(pod: Any, request_namespace: str) -> PodRef:
-    """Check the pod's shape, then name where it lives, its token volume's hash input and its ServiceAccount.
+def pod_ref(pod: Any, request_namespace: str, entries: bool = True) -> PodRef:
+    """Check the pod's shape (`entries=False`: all but the containers' env and volumeMounts entries, for a caller
+    that passes the ref to mutate_pod, whose walk checks those), then name where it lives, its token volume's hash
+    input and its ServiceAccount.
 
     The namespace is the request's. When the request carries none we use the pod's own `metadata.namespace`: the
     reference would look the ServiceAccount up in no namespace at all and deny, but the API server always sets
@@ -57,7 +63,7 @@ def pod_ref(pod: Any, request_namespace: str) -> PodRef:
     The hash input is `metadata.name`, or `generateName + " (prefix)"` for pods the API server names after admission
     (as the reference does, so the volume name matches it).
     """
-    check_pod_shape(pod)
+    check_pod_shape(pod, entries)
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     name = metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)"
@@ -79,31 +85,32 @@ def bad_pod(pod: Any) -> Denial | None:
     return None
 
 
-def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = ()) -> None:
+def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = (), entries: bool = True) -> None:
     """`where` must be absent/null or a list of objects whose `name` is a string, null or absent; each object's
-    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself."""
+    `nested` fields (a container's env and volumeMounts) likewise, checked right after the object itself (only
+    that they are lists, without `entries`)."""
     if items is None:
         return
     if not isinstance(items, list):
         raise PodShapeError(f"{where} must be a list")
     for index, item in enumerate(items):
-        if not _named_object(item):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), _NAME_TYPES):
             _raise_for_entry(item, f"{where}[{index}]")
         for key in nested:
-            _check_named_objects(item.get(key), f"{where}[{index}].{key}")
+            if item.get(key) is None:
+                continue
+            if entries:
+                _check_named_objects(item[key], f"{where}[{index}].{key}")
+            elif not isinstance(item[key], list):
+                raise PodShapeError(f"{where}[{index}].{key} must be a list")
 
 
-def _named_object(item: Any) -> bool:
-    """An object whose name is a string, null or absent."""
-    if not isinstance(item, dict):
-        return False
-    name = item.get("name")
-    return name is None or isinstance(name, str)
+_NAME_TYPES = (str, type(None))  # a name is a string, null or absent
 
 
 def _raise_for_entry(item: Any, where: str) -> None:
-    """Name what is wrong with an entry `_named_object` refused (its path is only formatted for the error: a pod has
-    dozens of env entries, each checked on every review)."""
+    """Name what is wrong with an entry `_check_named_objects` refused (its path is only formatted for the error: a
+    pod has dozens of env entries, each checked on every review)."""
     if not isinstance(item, dict):
         raise PodShapeError(f"{where} must be an object")
     raise PodShapeError(f"{where}.name must be a string")
