@@ -145,7 +145,7 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     return found
 
 
-@dataclass(frozen=True)
+@dataclass
 class _AccountFacts:
     """What the checks derive from the ServiceAccount, config, policy and namespace alone: the ServiceAccount's
     findings (WI001-WI004), the env values the webhook injects (only the non-empty ones, which are the ones WI005
@@ -196,6 +196,8 @@ class Decision:
 
     @property
     def warnings(self) -> list[str]:
+        if not self.findings:  # the usual review
+            return []
         return admission_warnings([f for f in self.findings if f.mode is Mode.WARN])
 
     @property
