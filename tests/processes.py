@@ -32,15 +32,17 @@ class WebhookProcess:
     """One `wi-webhook serve` process; `stop()` sends SIGTERM and waits (bounded), then SIGKILL."""
 
     def __init__(self, workdir: Path, extra_args: list[str], env: dict[str, str] | None = None,
-                 cert_dir: Path | None = None) -> None:
+                 cert_dir: Path | None = None, ports: tuple[int, int, int] | None = None) -> None:
         self.workdir = workdir
         self.cert_dir = cert_dir or workdir / "certs"
         if cert_dir is None:
             self.ca_file = make_certs(self.cert_dir)
         else:
             self.ca_file = self.cert_dir / "ca.crt"
-        self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.log_path = workdir / f"webhook-{self.port}.log"
+        # `ports` (webhook, health, metrics): another process's, for `serve --reuse-port` successors.
+        self.port, self.health_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
+        earlier = len(list(workdir.glob(f"webhook-{self.port}*.log")))
+        self.log_path = workdir / (f"webhook-{self.port}-{earlier}.log" if earlier else f"webhook-{self.port}.log")
         args = [sys.executable, "-m", "webhook.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--health-addr", f"127.0.0.1:{self.health_port}", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                 "--webhook-cert-dir", str(self.cert_dir), "--cert-check-interval", "0.2", *extra_args]

@@ -97,6 +97,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
     },
     "policy": {"policy": POLICY},
+    "host-network": {"hostNetwork": True, "webhookURL": "https://127.0.0.1:9443", "serviceMonitor": {"enabled": True}},
     "serviceaccount-validator": {"serviceAccountValidator": {"enabled": True}, "policy": POLICY},
     "serviceaccount-validator-cert-manager": {"serviceAccountValidator": {"enabled": True, "failurePolicy": "Fail"},
                                               "certificates": {"mode": "certManager"}},
@@ -610,7 +611,8 @@ def test_deployment_is_hardened() -> None:
         assert container["readOnlyRootFilesystem"] is True
         assert container["capabilities"] == {"drop": ["ALL"]}
         assert container.get("privileged", False) is False
-        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        assert pod.get("hostNetwork", False) is values.get("hostNetwork", False)  # only when asked for
+        assert not pod.get("hostPID") and not pod.get("hostIPC")
         assert pod["serviceAccountName"] == "azure-wi-webhook-admin"
 
 

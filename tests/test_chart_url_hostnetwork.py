@@ -48,11 +48,56 @@ def test_webhook_url_must_be_https() -> None:
     assert "webhookURL" in message and "https://" in message
 
 
-def test_host_network_probes_loopback_and_rolls_one_pod_at_a_time() -> None:
-    objects = render({"hostNetwork": True})
-    # A surge pod could not be scheduled beside the one it replaces (same host ports): one at a time instead.
-    assert deployment(objects)["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+def test_host_network_hands_the_node_ports_over_with_a_surge_pod() -> None:
+    objects = render({"hostNetwork": True, "serviceMonitor": {"enabled": True}})
+    # The new pod starts beside the old one on the same node ports (serve --reuse-port); the old one serves until
+    # the new one answers /readyz: the same surge strategy as without hostNetwork.
+    assert deployment(objects)["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     spec = deployment(objects)["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    container = manager(objects)
+    assert "--reuse-port" in container["args"]
+    # Declared ports would become hostPorts, and the scheduler would refuse the surge pod (NodePorts): none, and
+    # the probes and the metrics Service name port numbers.
+    assert "ports" not in container
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert manager(objects)[probe]["httpGet"]["host"] == "127.0.0.1"
+        assert container[probe]["httpGet"]["host"] == "127.0.0.1"
+        assert container[probe]["httpGet"]["port"] == 9440
+    metrics_service = one(objects, "Service", "azure-wi-webhook-metrics-service")
+    assert metrics_service["spec"]["ports"][0]["targetPort"] == 8095
+    # The hand-off waits up to --shutdown-delay for the successor, then finishes in-flight reviews: the grace
+    # period covers both.
+    flags = flag_values(container["args"])
+    assert flags["--shutdown-delay"] == "30" and spec["terminationGracePeriodSeconds"] == 60
+
+
+def test_without_host_network_nothing_of_the_hand_off_is_rendered() -> None:
+    objects = render({"serviceMonitor": {"enabled": True}})
+    container = manager(objects)
+    assert "--reuse-port" not in container["args"]
+    assert [p["name"] for p in container["ports"]] == ["webhook-server", "healthz", "metrics"]
+    assert all(container[probe]["httpGet"]["port"] == "healthz"
+               for probe in ("startupProbe", "livenessProbe", "readinessProbe"))
+    assert flag_values(container["args"])["--shutdown-delay"] == "5"
+    assert deployment(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
+
+
+@pytest.mark.parametrize(("values", "delay", "grace"), [
+    ({"shutdownDelaySeconds": 10}, "10", 40),
+    ({"shutdownDelaySeconds": 12.5}, "12.5", 43),
+    ({"shutdownDelaySeconds": 20, "terminationGracePeriodSeconds": 90}, "20", 90),
+])
+def test_host_network_grace_period_follows_the_delay(values: dict[str, Any], delay: str, grace: int) -> None:
+    objects = render({"hostNetwork": True, **values})
+    assert flag_values(manager(objects)["args"])["--shutdown-delay"] == delay
+    assert deployment(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+
+def test_host_network_refuses_a_grace_period_shorter_than_the_hand_off() -> None:
+    message = helm_error({"hostNetwork": True, "terminationGracePeriodSeconds": 40})
+    assert "terminationGracePeriodSeconds 40" in message and "at least 57" in message
+
+
+def test_host_network_refuses_several_workers() -> None:
+    message = helm_error({"hostNetwork": True, "workers": 2})
+    assert "hostNetwork" in message and "workers: 1" in message and "--reuse-port" in message

@@ -84,13 +84,19 @@ def build_parser() -> Parser:
     serve.add_argument("--event-loop", default="auto", help="auto (uvloop when installed), uvloop or asyncio")
     serve.add_argument("--workers", type=int, default=1,
                        help="worker processes sharing the webhook port (SO_REUSEPORT), each with its own cache")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="bind the webhook, health and metrics ports with SO_REUSEPORT so that a successor "
+                            "process (same user, e.g. the next hostNetwork pod on the node) can start beside this "
+                            "one; on SIGTERM, keep serving until the successor's /readyz answers (at most "
+                            "--shutdown-delay), then stop (needs --workers 1)")
     serve.add_argument("--decision-cache-size", type=int, default=None,
                        help="deprecated and ignored: the remembered-decision cache was removed (accepted so that "
                             "existing extraArgs keep working)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--worker-state-dir", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--shutdown-delay", type=float, default=0.0,
-                       help="seconds to keep serving after SIGTERM with /readyz failing (endpoint propagation)")
+                       help="seconds to keep serving after SIGTERM with /readyz failing (endpoint propagation); with "
+                            "--reuse-port, the longest wait for a successor to be ready")
     serve.add_argument("--shutdown-timeout", type=float, default=25.0,
                        help="seconds to finish in-flight reviews after SIGTERM")
     serve.add_argument("--cert-check-interval", type=float, default=2.0,

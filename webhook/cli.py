@@ -118,6 +118,11 @@ def run_serve(args: argparse.Namespace) -> int:
     logs.setup(options.log_level)
     _config(options, native_sidecar=False)  # fail fast on bad settings before touching the cluster
     policy = _policy(options)
+    if options.reuse_port and options.workers > 1:
+        # The hand-off (webhook/handoff.py) runs in the process that owns /readyz and the webhook port; with
+        # --workers the supervisor owns one and the workers the other, and nothing coordinates them yet.
+        raise UsageError(f"--reuse-port cannot be combined with --workers {options.workers}: the hand-off to a "
+                         "successor needs a single process; use --workers 1 with --reuse-port")
     if options.worker_index is None:  # workers share the supervisor's port (SO_REUSEPORT) and serve no health
         _check_listen_addresses(options)
     if options.workers > 1 and options.worker_index is None:
@@ -169,7 +174,7 @@ def _check_listen_addresses(options: ServeOptions) -> None:
         for other_flag, other_value, (other_host, other_port) in wanted[:index]:
             if port == other_port and port != 0 and (host == other_host or not host or not other_host):
                 raise UsageError(f"{flag} {value}: the same port as {other_flag} {other_value}; give each its own")
-        problem = bind_error(host, port)
+        problem = bind_error(host, port, reuse_port=options.reuse_port)
         if problem is not None:
             raise UsageError(f"{flag} {value}: {problem}; stop the process using it or choose another address "
                              f"with {flag}")

@@ -131,6 +131,7 @@ class ServeOptions(WebhookOptions):
     cert_check_interval: float = Field(default=2.0, gt=0, le=3600)
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     workers: int = Field(default=1, ge=1, le=64)
+    reuse_port: bool = False
     worker_index: int | None = Field(default=None, ge=0)
     worker_state_dir: str | None = None
     disable_cert_rotation: bool = False

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import ssl
 import time
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,27 @@ class ConnectionGuard:
         self.refused = 0
         self.timed_out = 0
         self._peak = 0
+        # Set while this process hands its port to a successor (webhook/handoff.py): every answer then carries
+        # `Connection: close`, so a client's pooled keep-alive connection ends cleanly after a response, never by a
+        # close between two of its requests (which the API server does not retry for a POST).
+        self.closing = False
+        # Accepted connections whose TLS handshake is not done: aiohttp does not know them yet (its protocol's
+        # connection_made comes after the handshake), and a hand-off must not close the process under them.
+        self.handshaking: weakref.WeakSet[_Tracked] = weakref.WeakSet()
+        self.handshake_timeout = bounds.handshake_timeout
+        self.last_accept = -float("inf")
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds since a connection was last accepted or had a request in progress (inf when none is open and
+        none was ever accepted); 0 while a TLS handshake, a request or an answer is under way."""
+        quiet = now - self.last_accept
+        if any(now - tracked.created < self.handshake_timeout for tracked in self.handshaking):
+            return 0.0
+        for tracked in self.open.values():
+            if tracked.busy or tracked.receiving_since is not None:
+                return 0.0
+            quiet = min(quiet, now - tracked.idle_since)
+        return quiet
 
     def sweep(self, now: float) -> None:
         """Close connections whose headers are overdue or that sat idle too long; trim the heap after a flood."""
@@ -91,10 +113,12 @@ class _Tracked(asyncio.Protocol):
         self.transport: Any = None
         self.busy = False
         self.receiving_since: float | None = None
-        self.idle_since = time.monotonic()
+        self.created = self.idle_since = guard.last_accept = time.monotonic()  # made when the socket is accepted
+        guard.handshaking.add(self)
         self.accepted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.guard.handshaking.discard(self)
         self.transport = transport
         self.idle_since = time.monotonic()
         if not self.guard._added(self):
@@ -154,6 +178,24 @@ class GuardedSite(web.TCPSite):
         while True:
             await asyncio.sleep(1.0)
             self.guard.sweep(time.monotonic())
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket only: open connections keep being served (and swept) until stop().
+
+        With SO_REUSEPORT and net.ipv4.tcp_migrate_req=1 the kernel moves connections still queued on this socket
+        (handshake done, not yet accepted) to another listener of the port instead of resetting them."""
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, quiet: float, limit: float) -> None:
+        """After stop_accepting(): wait (at most `limit` s) until no connection is open or none has had a request
+        for `quiet` s. A client that keeps using a connection gets `Connection: close` answers (guard.closing) and
+        ends it itself; what is left is idle and is closed by stop()."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while (self.guard.open or self.guard.handshaking) and loop.time() < deadline \
+                and self.guard.quiet_for(time.monotonic()) < quiet:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -42,7 +42,9 @@ def setup(level: str) -> None:
     root.setLevel(LEVELS.get(level, logging.WARNING))
     for noisy in ("aiohttp.access", "urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # serve's startup lines ("serving on ...", why it is not serving yet) show at the default level too: a webhook
-    # that logs nothing until something fails leaves an operator guessing. Only --log-level error hides them.
-    logging.getLogger("startup").setLevel(min(logging.INFO, root.level) if root.level < logging.ERROR
-                                          else logging.ERROR)
+    # serve's startup lines ("serving on ...", why it is not serving yet) and its hand-off lines (--reuse-port:
+    # handed off to a successor, or not) show at the default level too: a webhook that logs nothing until something
+    # fails leaves an operator guessing. Only --log-level error hides them.
+    for lifecycle in ("startup", "handoff"):
+        logging.getLogger(lifecycle).setLevel(min(logging.INFO, root.level) if root.level < logging.ERROR
+                                              else logging.ERROR)

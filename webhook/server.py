@@ -26,6 +26,7 @@ from webhook.config import ServeOptions, parse_addr
 from webhook.connections import ConnectionGuard, GuardedSite
 from webhook.constants import MUTATE_PATH, VALIDATE_SA_PATH
 from webhook.handler import AdmissionHandler
+from webhook.handoff import hand_off
 from webhook.limits import BodyBudget, Limits, release_memory
 from webhook.manifests import ObjectShapeError
 from webhook.metrics import Metrics
@@ -53,9 +54,12 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
         async def answer(request: web.Request) -> web.Response:
             connection = guard.request_started(request.transport)
             try:
-                return await respond(request, answer_with)
+                response = await respond(request, answer_with)
             finally:
                 guard.request_finished(connection)
+            if guard.closing:
+                response.force_close()  # handing off (serve --reuse-port): the client reconnects, to the successor
+            return response
 
         return answer
 
@@ -228,7 +232,8 @@ def native_sidecar_startup(handler: AdmissionHandler, detect: Callable[[], bool]
 async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: asyncio.Event | None = None,
                 cert_wait_timeout: float = 300.0, rotator: CertRotator | None = None,
                 native_sidecar_probe: Callable[[], bool] | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return.
+    """Run until SIGTERM/SIGINT (or `stop`), then stop accepting, finish in-flight reviews and return. With
+    --reuse-port, first hand the ports to a successor process (webhook/handoff.py).
 
     /healthz and /metrics answer at once; the webhook port opens when the certificates are loaded and the start-up
     calls (native_sidecar_probe) have succeeded, which /readyz reports until then."""
@@ -248,8 +253,10 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     startup = native_sidecar_startup(handler, native_sidecar_probe) if native_sidecar_probe is not None else None
     health = Health(cert, handler.source, rotator, startup=startup, listening=False)
     worker = options.worker_index is not None  # --workers: the supervisor serves health and metrics
-    runners = [] if worker else [await start_site(health_app(health), parse_addr(options.health_addr)),
-                                 await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr))]
+    reuse = options.reuse_port  # all three ports shared with a successor (webhook/handoff.py)
+    runners = [] if worker else [
+        await start_site(health_app(health), parse_addr(options.health_addr), reuse_port=reuse),
+        await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr), reuse_port=reuse)]
 
     def report() -> None:
         if worker:
@@ -275,7 +282,8 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
         guard = ConnectionGuard(bounds)
         webhook = await start_webhook_site(webhook_app(handler, options.max_request_bytes, guard, bounds),
                                            (options.host, options.port), guard, bounds, ssl_context=cert.context,
-                                           shutdown_timeout=options.shutdown_timeout, reuse_port=options.workers > 1)
+                                           shutdown_timeout=options.shutdown_timeout,
+                                           reuse_port=options.workers > 1 or reuse)
         runners.insert(0, webhook)
         health.listening = True
         log.info("serving", extra={"port": options.port, "path": MUTATE_PATH, "tls-min-version":
@@ -288,7 +296,10 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
             handler.policy.refresh()
         health.shutting_down = True
         report()
-        if options.shutdown_delay > 0:
+        if reuse:
+            side, runners[1:] = runners[1:], []
+            await hand_off(webhook, guard, side, parse_addr(options.health_addr), options.shutdown_delay)
+        elif options.shutdown_delay > 0:
             # Readiness is now failing; keep serving while endpoints drop this replica, then stop accepting.
             log.info("shutting down: not ready, still serving", extra={"delay": options.shutdown_delay})
             await asyncio.sleep(options.shutdown_delay)

@@ -94,10 +94,12 @@ async def watch(listening: Listening, reasons: Callable[[], list[str]], *, inter
         await asyncio.sleep(interval)
 
 
-def bind_error(host: str, port: int) -> str | None:
+def bind_error(host: str, port: int, *, reuse_port: bool = False) -> str | None:
     """Why (host, port) cannot be listened on right now (e.g. "address already in use"), or None.
 
-    Checked before serving so that the message can name the flag; the socket is closed again at once.
+    Checked before serving so that the message can name the flag; the socket is closed again at once. With
+    `reuse_port` the check binds as `serve --reuse-port` will (SO_REUSEPORT): a predecessor that also set it (same
+    user) does not make the port "in use", anything else still does.
     """
     import socket
 
@@ -108,6 +110,8 @@ def bind_error(host: str, port: int) -> str | None:
     for family, kind, proto, _, address in infos[:1] if not host else infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind(address)
             except OSError as exc:

@@ -85,6 +85,7 @@ base_id="$("${podman_cmd[@]}" image inspect --format '{{.Id}}' "$BASE_IMAGE")"
 # ---- 3. the Dockerfile ----
 key="$(cd "$root" && {
   echo "base $base_id"
+  echo "recipe 2"  # 2: built with --no-cache (below); images of recipe 1 may hold an old webhook
   find "${KEY_SOURCES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.so' -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)"
@@ -96,7 +97,11 @@ if "${podman_cmd[@]}" image exists "$image"; then
 fi
 log "podman build of $root/Dockerfile -> $image ..."
 t0=$SECONDS
-(cd "$root" && nice -n 10 "${podman_cmd[@]}" build --pull=never --network host "${run_opts[@]}" \
+# --no-cache: podman 4.3 (bookworm) keys a cached RUN layer on its instruction text only, not on the content of a
+# `--mount=type=bind,from=build` stage, so the runtime stage's `pip install` layer of the first build was reused
+# for every later source change (images of other content keys ran the old webhook). The content key above already
+# skips the build when nothing changed.
+(cd "$root" && nice -n 10 "${podman_cmd[@]}" build --no-cache --pull=never --network host "${run_opts[@]}" \
   --file Dockerfile --tag "$image" --label "io.wi-webhook.content-key=$key" . >&2)
 log "image built in $((SECONDS - t0))s"
 echo "$image"

@@ -2,8 +2,8 @@
 undone after it stops (tests/node/realnode.py), so a test session leaves the machine as it found it.
 
 The changes (measured on this VM kind, /work/shared/reference/real-node.md §5):
-* sysctls the kubelet sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...): restored to the
-  recorded values;
+* sysctls the kubelet sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...) and the one the harness
+  sets (net.ipv4.tcp_migrate_req=1, HARNESS_SYSCTLS): restored to the recorded values;
 * iptables chains KUBE-* (KUBE-FIREWALL jumped to from INPUT/OUTPUT, KUBE-KUBELET-CANARY, ...): the jumps and the
   chains are deleted, nothing else is touched;
 * mounts under the work dir (the kubelet's self bind-mount of its root dir, tmpfs volumes, containerd's rootfs
@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.panic_on_oops",
-           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward")
+           "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward",
+           "net.ipv4.tcp_migrate_req")
+# Set by the harness itself (not the kubelet), after the baseline is recorded: the chart README asks hostNetwork
+# users for it, and the webhook's hand-off on an upgrade relies on it (webhook/handoff.py).
+HARNESS_SYSCTLS = {"net.ipv4.tcp_migrate_req": "1"}
 HARD_CODED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"),
                     Path("/var/lib/cni"), Path("/run/containerd"), Path("/usr/libexec/kubernetes"),
                     Path("/etc/kubernetes"), Path("/var/run/kubernetes"))
@@ -141,6 +145,15 @@ class HostState:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return [f"killed {len(pids)} processes left by a previous run in {workdir}"] if pids else []
+
+    def apply_harness_sysctls(self) -> None:
+        """Set HARNESS_SYSCTLS (call after record(): restore() puts the recorded values back)."""
+        for name, value in HARNESS_SYSCTLS.items():
+            path = _sysctl_path(name)
+            if name not in self.sysctls:
+                raise OSError(f"sysctl {name} does not exist on this kernel (Linux >= 5.14 needed)")
+            if path.read_text().strip() != value:
+                path.write_text(value + "\n")
 
     def restore(self, workdir: Path) -> list[str]:
         """Undo everything listed in the module docstring; returns what could not be undone (empty: all)."""

@@ -14,7 +14,9 @@ What runs, all bound to 127.0.0.1 and started by this process (stopped by PID):
   (`podman save` → `ctr images import`), the pause image included: no registry is reachable;
 * kube-controller-manager (ServiceAccounts, kube-root-ca.crt, Deployments/ReplicaSets) and kube-scheduler;
 * the kubelet (cgroupfs, `failCgroupV1: false`, `failSwapOn: false`), serving on 127.0.0.1 only; it accepts the
-  API server's requests (logs, exec) anonymously, so nothing needs a kubelet client certificate.
+  API server's requests (logs, exec) anonymously, so nothing needs a kubelet client certificate;
+* the sysctl net.ipv4.tcp_migrate_req=1, which the chart README asks hostNetwork users to set (the webhook's
+  hand-off to its successor on an upgrade; webhook/handoff.py).
 
 Pods must be `hostNetwork: true`: without kube-proxy and with the API server on 127.0.0.1 only, a pod reaches the
 API server through the node's loopback (`pod_env()` sets KUBERNETES_SERVICE_HOST/PORT), and tests dial only
@@ -147,6 +149,7 @@ class NodeCluster:
             node._clean_up_after_a_dead_run()
             node.host = HostState.record()
             node.host.save(STATE_FILE, node.workdir)
+            node._set_sysctls()
             node.api = NodeApiServer.start(node.workdir / "control-plane", bin_dir)
             node._start_containerd()
             node._import_images()
@@ -266,6 +269,16 @@ class NodeCluster:
                    if not os.access(self.bin_dir / n, os.X_OK)]
         if missing or not (CNI_BIN_DIR / "bridge").exists():
             raise NodeError(f"missing {missing or CNI_BIN_DIR / 'bridge'}: run hack/test-node/prepare.sh")
+
+    def _set_sysctls(self) -> None:
+        """net.ipv4.tcp_migrate_req=1, as the chart README asks of hostNetwork users: when the old webhook pod
+        closes its SO_REUSEPORT listener during an upgrade, connections queued on it move to the new pod's instead
+        of being reset (webhook/handoff.py). Restored with the other sysctls at stop()."""
+        assert self.host is not None
+        try:
+            self.host.apply_harness_sysctls()
+        except OSError as exc:
+            raise NodeError(f"cannot set the node's sysctls: {exc}") from exc
 
     def _start(self, name: str, argv: list[str]) -> _Proc:
         proc = _Proc(name, argv, self.workdir / f"{name}.log")

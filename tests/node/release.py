@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from tests.node.kube import wait_for
+from tests.node.kube import describe, logs, wait_for
 from tests.test_chart import render
 
 # The chart's names (the reference's) and the identity the tests use.
@@ -86,7 +86,22 @@ class Release:
                 return dep
             return None
 
-        return wait_for(done, timeout, f"rollout of the webhook Deployment in {self.namespace}")
+        try:
+            return wait_for(done, timeout, f"rollout of the webhook Deployment in {self.namespace}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe_pods()}") from None
+
+    def describe_pods(self) -> str:
+        """Each webhook pod's container states, events and log tail, for assertion messages."""
+        parts = []
+        for pod in self.pods():
+            name = pod.metadata.name
+            try:
+                tail = "\n".join(logs(self.api, self.namespace, name).splitlines()[-15:])
+            except ApiException as exc:
+                tail = f"(logs: HTTP {exc.status})"
+            parts.append(f"--- pod {name}\n{describe(self.api, self.namespace, name)}\n{tail}")
+        return "\n".join(parts) or "(no webhook pod)"
 
     def pods(self) -> list[Any]:
         labels = self.deployment().spec.selector.match_labels

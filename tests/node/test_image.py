@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import ssl
@@ -63,6 +64,17 @@ def test_only_the_runtime_is_installed(webhook_image: str) -> None:
     assert "leftover" not in out and "compiled" not in out, out  # one pure-Python build
     assert f"\n{VERSION}\n" in f"\n{out}"
     assert "/dist-packages/webhook/__init__.py" in out
+
+
+def test_the_installed_webhook_is_this_source_tree(webhook_image: str) -> None:
+    """Every module in the image is byte-for-byte the source's: a build cache that reuses an old `pip install`
+    layer (podman 4.3 did, see hack/image/build.sh) would otherwise test yesterday's webhook."""
+    out = run_in_image(webhook_image, "python", "-c",
+                       "import hashlib, pathlib, webhook; d = pathlib.Path(webhook.__file__).parent; "
+                       "[print(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(d.glob('*.py'))]")
+    installed = dict(line.split() for line in out.splitlines())
+    source = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((REPO_ROOT / "webhook").glob("*.py"))}
+    assert installed == source, sorted(set(installed.items()) ^ set(source.items()))[:6]
 
 
 @pytest.fixture

@@ -125,3 +125,38 @@ webhook at start, and with failurePolicy Fail that blocks every labelled pod. */
 {{- fail (printf "resources.limits.memory %v is below the webhook's measured idle memory (about 95 MB in a cluster): it would be OOM-killed and, with failurePolicy Fail, block every labelled pod. Set at least %dMi; the default %dMi holds 100k ServiceAccounts and 8 concurrent 3 MiB pods (chart README, Memory). A values file from the reference chart sets 30Mi: drop that setting." .Values.resources.limits.memory $min (include "wi-webhook.recommendedMemoryMi" . | int)) -}}
 {{- end -}}
 {{- end }}
+
+{{/*
+--shutdown-delay and the pod's grace period. Empty values take defaults that depend on hostNetwork: there the delay
+is the longest a terminating pod waits for its successor on the node to answer /readyz before it stops serving
+(`serve --reuse-port`, chart README "hostNetwork"). 30 s covers a successor's start on a slow node (image present:
+the container starts, loads its certificates and lists the ServiceAccounts; a few seconds on the test node). In an
+upgrade the wait ends as soon as the new pod is ready, which it already is when the Deployment stops the old one
+(maxSurge 1): the full delay is only spent when no successor comes (uninstall, scale to 0, drain to another node).
+*/}}
+{{- define "wi-webhook.shutdownDelay" -}}
+{{- if kindIs "invalid" .Values.shutdownDelaySeconds -}}{{ ternary 30 5 (.Values.hostNetwork | default false) }}{{- else -}}{{ .Values.shutdownDelaySeconds }}{{- end -}}
+{{- end }}
+
+{{/* The delay, then the hand-off drain (2 s) and --shutdown-timeout (25 s) for in-flight reviews, plus 3 s. */}}
+{{- define "wi-webhook.terminationGracePeriod" -}}
+{{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) -}}{{ .Values.terminationGracePeriodSeconds }}
+{{- else if .Values.hostNetwork -}}{{ add (include "wi-webhook.shutdownDelay" . | float64 | ceil | int) 30 }}
+{{- else -}}35{{- end -}}
+{{- end }}
+
+{{/*
+hostNetwork hands the node's ports from the old pod to the new one (`serve --reuse-port`): refuse what breaks that.
+*/}}
+{{- define "wi-webhook.checkHostNetwork" -}}
+{{- if .Values.hostNetwork -}}
+{{- if gt (int .Values.workers) 1 -}}
+{{- fail (printf "hostNetwork: true needs workers: 1 (got %v): the webhook hands its node ports to the next pod with serve --reuse-port, which a single process does; run more replicas on more nodes instead" .Values.workers) -}}
+{{- end -}}
+{{- $delay := include "wi-webhook.shutdownDelay" . | float64 -}}
+{{- $grace := include "wi-webhook.terminationGracePeriod" . | float64 -}}
+{{- if lt $grace (addf $delay 27) -}}
+{{- fail (printf "terminationGracePeriodSeconds %v is too short for hostNetwork: a terminating pod waits up to shutdownDelaySeconds (%v) for its successor, then up to 27 s to finish in-flight reviews; set it to at least %v, or leave it empty" $grace $delay (addf $delay 27 | ceil)) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
