@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pybase64 import b64encode  # the stdlib's, 15x faster on a review's ~3 KB patch (same bytes)
+from pybase64 import b64encode_as_string  # the stdlib's encoding, 15x faster on a ~3 KB patch, as a str
 
 from webhook.mutation import MutationResult
 
@@ -79,7 +79,7 @@ def review_response(request: ReviewRequest, result: MutationResult, warnings: li
                               "reason": result.denial.reason}
     elif result.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = b64encode(orjson.dumps(result.patch)).decode("ascii")
+        response["patch"] = b64encode_as_string(orjson.dumps(result.patch))
     if warnings:
         response["warnings"] = warnings
     if audit_annotations:

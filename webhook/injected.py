@@ -130,7 +130,8 @@ def proxy_sidecar_container(port: int, config: MutationConfig) -> dict[str, Any]
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
     """12 hex chars of sha256 over the ServiceAccount's annotations (sorted JSON)."""
-    return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    annotations = dict(sa.annotations.items())
+    return hashlib.sha256(orjson.dumps(annotations, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 def status_annotation(sa: ServiceAccountInfo, env_names: list[str], volume_name: str, config: MutationConfig) -> str:

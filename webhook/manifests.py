@@ -6,7 +6,7 @@ Errors name the file (and document number) so that `mutate`/`check` can exit 2 w
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,9 @@ class Pairs(Mapping[str, str]):
     def __contains__(self, key: object) -> bool:
         return key in self._items[::2]
 
+    def items(self) -> ItemsView[str, str]:
+        return _PairsItems(self)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._items[::2])
 
@@ -159,6 +162,17 @@ class Pairs(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"Pairs({dict(self)!r})"
+
+
+class _PairsItems(ItemsView[str, str]):
+    """Iterates the pairs straight from the tuple: `dict(sa.annotations.items())` (every status annotation hashes
+    the annotations) then costs no per-key lookup."""
+
+    _mapping: Pairs
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        items = self._mapping._items
+        return zip(items[::2], items[1::2], strict=True)
 
 
 _EMPTY: Mapping[str, str] = Pairs({})
