@@ -30,7 +30,7 @@ from webhook.injected import (
     volume_name_for,
 )
 from webhook.model import Denial, MutationResult, PatchOp, PodRef, ServiceAccountInfo
-from webhook.podshape import PodShapeError, bad_pod, pod_ref, shape_denial
+from webhook.podshape import NAME_TYPES, PodShapeError, bad_pod, pod_ref, shape_denial
 
 # The names other modules import from here (the core's one entry point).
 __all__ = [
@@ -61,8 +61,10 @@ def mutate_pod(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, 
         result = _mutate(pod, request_namespace, sa, config, ref)
     except PodShapeError as exc:  # an env or volumeMounts entry the walk could not read
         return MutationResult(denial=bad_pod(pod) or shape_denial(exc))
-    if result.denial is not None:
-        return MutationResult(denial=bad_pod(pod) or result.denial) if result.denial.reason != "BadPod" else result
+    if result.denial is not None and result.denial.reason != "BadPod":
+        shape = bad_pod(pod)  # a malformed entry the walk did not reach comes first, as with the full check
+        if shape is not None:
+            return MutationResult(denial=shape)
     return result
 
 
@@ -205,9 +207,6 @@ class _ListEditor:
         self._patch.append({"op": "add", "path": self.path, "value": [item]})
 
 
-_NAME_TYPES = (str, type(None))  # an entry's name is a string, null or absent
-
-
 class _ContainerInjector:
     """Gives each container that is not skipped the env vars it does not set yet and the token mount, recording
     which containers were injected or skipped and which injected names the user already sets."""
@@ -248,13 +247,13 @@ class _ContainerInjector:
         present = set()
         injected = self._env_names
         for entry in current or ():
-            if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), _NAME_TYPES):
+            if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), NAME_TYPES):
                 raise PodShapeError(f"{path}/env has an entry that is not an object with a string name")
             if name in injected:
                 present.add(name)
         ours = None  # the index of the mount named like our volume
         for index, mount in enumerate(mounts or ()):
-            if not isinstance(mount, dict) or not isinstance(name := mount.get("name"), _NAME_TYPES):
+            if not isinstance(mount, dict) or not isinstance(name := mount.get("name"), NAME_TYPES):
                 raise PodShapeError(f"{path}/volumeMounts has an entry that is not an object with a string name")
             if name == self._mount["name"] and ours is None:
                 ours = index

@@ -94,7 +94,7 @@ def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = (), e
     if not isinstance(items, list):
         raise PodShapeError(f"{where} must be a list")
     for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), _NAME_TYPES):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), NAME_TYPES):
             _raise_for_entry(item, f"{where}[{index}]")
         for key in nested:
             if item.get(key) is None:
@@ -105,7 +105,7 @@ def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = (), e
                 raise PodShapeError(f"{where}[{index}].{key} must be a list")
 
 
-_NAME_TYPES = (str, type(None))  # a name is a string, null or absent
+NAME_TYPES = (str, type(None))  # a name is a string, null or absent (also for mutate_pod's walk)
 
 
 def _raise_for_entry(item: Any, where: str) -> None:
