@@ -245,12 +245,14 @@ class _ContainerInjector:
         current: list[dict[str, Any]] | None = container.get("env")
         mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         present = set()
+        kept: list[tuple[str, Any]] = []  # (name, value) of each entry setting a name we inject, in pod order
         injected = self._env_names
         for entry in current or ():
             if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), NAME_TYPES):
                 raise PodShapeError(f"{path}/env has an entry that is not an object with a string name")
             if name in injected:
                 present.add(name)
+                kept.append((name, entry.get("value")))
         ours = None  # the index of the mount named like our volume
         for index, mount in enumerate(mounts or ()):
             if not isinstance(mount, dict) or not isinstance(name := mount.get("name"), NAME_TYPES):
@@ -260,11 +262,10 @@ class _ContainerInjector:
         if self._skipped(container):
             return
 
-        if present:
-            for entry in current or ():
-                if entry.get("name") in present:
-                    # The user's value is kept (the reference does the same); policy WI005 compares it.
-                    self._result.kept_env.append((container.get("name") or "", entry["name"], entry.get("value")))
+        if kept:
+            # The user's values are kept (the reference does the same); policy WI005 compares them.
+            container_name = container.get("name") or ""
+            self._result.kept_env.extend((container_name, name, value) for name, value in kept)
         missing = [{"name": name, "value": value} for name, value in self._env if name not in present]
         if current is None and missing:
             patch.append({"op": "add", "path": f"{path}/env", "value": missing})
