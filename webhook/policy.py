@@ -28,12 +28,12 @@ from webhook.constants import (
     ENV_CLIENT_ID,
     ENV_FEDERATED_TOKEN_FILE,
     ENV_TENANT_ID,
-    MOUNT_PATH,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
     SKIP_CONTAINERS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
+    TOKEN_FILE_PATH,
 )
 from webhook.mutation import (
     Denial,
@@ -92,7 +92,7 @@ def namespace_overrides(namespace: NamespaceInfo | None) -> dict[str, Mode]:
     return overrides
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     rule: str
     mode: Mode
@@ -114,19 +114,17 @@ _WEBHOOK_CONTAINERS = frozenset({PROXY_CONTAINER_NAME, PROXY_INIT_CONTAINER_NAME
 def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo, config: MutationConfig,
                   policy: Policy, result: MutationResult) -> list[tuple[str, str, str]]:
     """(rule, message, container) for every rule that fires; modes are applied by the caller."""
-    facts = _account_facts(sa, config, policy, namespace)
-    found = list(facts.findings)
-    wanted = facts.wanted
+    found = _identity_findings(sa, config, policy, namespace)
     metadata = pod.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
     spec = pod.get("spec") or {}
-    skip = skip_containers(annotations)
-    for name, env_name, value in result.kept_env:  # the env entries the mutation kept, in pod order
-        if env_name in wanted:
-            expected = wanted[env_name]
-            if isinstance(value, str) and value != expected:
+    if result.kept_env:  # the env entries the mutation kept, in pod order
+        wanted = _injected_values(sa, config)
+        for name, env_name, value in result.kept_env:
+            expected = wanted.get(env_name)
+            if expected and isinstance(value, str) and value != expected:
                 found.append(("WI005", f"container {name} sets {env_name}={value!r}; the webhook would inject "
                                        f"{expected!r} and keeps yours", name))
+    skip = skip_containers(metadata.get("annotations") or {})
     if skip:
         containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
         names = {c.get("name", "") for c in containers} | _WEBHOOK_CONTAINERS
@@ -134,56 +132,53 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
         for missing in sorted(skip - names - {""}):
             found.append(("WI006", f"{SKIP_CONTAINERS_ANNOTATION} names {missing!r}, which is not a container of "
                                    "this pod", missing))
-    low, high = facts.expiration_bounds
-    if result.expiration_seconds and not low <= result.expiration_seconds <= high:
+    bounds = policy.token_expiration
+    if result.expiration_seconds and not bounds.min <= result.expiration_seconds <= bounds.max:
         found.append(("WI007", f"token expiration {result.expiration_seconds}s is outside the policy's "
-                               f"{low}-{high}s", ""))
-    if facts.namespace_forbidden:
+                               f"{bounds.min}-{bounds.max}s", ""))
+    if policy.namespaces is not None and policy.namespaces.forbids(namespace):
         found.append(("WI008", f"namespace {namespace} may not use workload identity", ""))
     if not result.injected_containers and (spec.get("initContainers") or spec.get("containers")):
         found.append(("WI010", "every container is skipped: nothing gets the identity", ""))
     return found
 
 
-@dataclass
-class _AccountFacts:
-    """What the checks derive from the ServiceAccount, config, policy and namespace alone: the ServiceAccount's
-    findings (WI001-WI004), the env values the webhook injects (only the non-empty ones, which are the ones WI005
-    compares), and the policy's answers for WI007 and WI008."""
-
-    findings: tuple[tuple[str, str, str], ...]
-    wanted: Mapping[str, str]
-    expiration_bounds: tuple[int, int]
-    namespace_forbidden: bool
-
-
-def _account_facts(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy, namespace: str) -> _AccountFacts:
+def _identity_findings(sa: ServiceAccountInfo, config: MutationConfig, policy: Policy,
+                       namespace: str) -> list[tuple[str, str, str]]:
+    """WI001-WI004: what is wrong with the identity the ServiceAccount names (its client id and tenant)."""
     found: list[tuple[str, str, str]] = []
-    who = f"ServiceAccount {namespace}/{sa.name}"
     client_id = sa.annotations.get(CLIENT_ID_ANNOTATION, "")
-    if not client_id.strip():
-        found.append(("WI001", f"{who} has no {CLIENT_ID_ANNOTATION}; AZURE_CLIENT_ID is not injected", ""))
-    elif not is_guid(client_id):
-        found.append(("WI002", f"{who}: client-id {client_id!r} is not a GUID", ""))
     tenant = sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id)
+    if not client_id.strip():
+        found.append(("WI001", f"{_who(sa, namespace)} has no {CLIENT_ID_ANNOTATION}; AZURE_CLIENT_ID is not "
+                               "injected", ""))
+    elif not is_guid(client_id):
+        found.append(("WI002", f"{_who(sa, namespace)}: client-id {client_id!r} is not a GUID", ""))
     if not is_guid(tenant):
-        origin = f"{who} annotation {TENANT_ID_ANNOTATION}" if TENANT_ID_ANNOTATION in sa.annotations \
-            else "the webhook's AZURE_TENANT_ID"
+        origin = f"{_who(sa, namespace)} annotation {TENANT_ID_ANNOTATION}" if TENANT_ID_ANNOTATION in \
+            sa.annotations else "the webhook's AZURE_TENANT_ID"
         found.append(("WI003", f"tenant id {tenant!r} from {origin} is not a GUID", ""))
     if policy.identities is not None and client_id.strip() and not any(
             grant.allows(client_id, namespace, sa.name) for grant in policy.identities):
-        found.append(("WI004", f"{who} may not use identity {client_id}", ""))
-    wanted = {ENV_CLIENT_ID: client_id, ENV_TENANT_ID: tenant, ENV_AUTHORITY_HOST: config.authority_host,
-              ENV_FEDERATED_TOKEN_FILE: f"{MOUNT_PATH}/token/azure-identity-token"}
-    bounds = policy.token_expiration
-    forbidden = policy.namespaces is not None and policy.namespaces.forbids(namespace)
-    return _AccountFacts(tuple(found), {k: v for k, v in wanted.items() if v}, (bounds.min, bounds.max), forbidden)
+        found.append(("WI004", f"{_who(sa, namespace)} may not use identity {client_id}", ""))
+    return found
+
+
+def _who(sa: ServiceAccountInfo, namespace: str) -> str:
+    return f"ServiceAccount {namespace}/{sa.name}"
+
+
+def _injected_values(sa: ServiceAccountInfo, config: MutationConfig) -> dict[str, str]:
+    """The values the webhook injects for the names WI005 compares (the empty ones are not injected)."""
+    return {ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, ""),
+            ENV_TENANT_ID: sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id),
+            ENV_AUTHORITY_HOST: config.authority_host, ENV_FEDERATED_TOKEN_FILE: TOKEN_FILE_PATH}
 
 
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """What the webhook answers: the mutation, or a denial, plus findings turned into warnings/audit entries."""
 
@@ -256,6 +251,8 @@ def admit(pod: Any, namespace: str, sa: ServiceAccountInfo | None, config: Mutat
 
 def enforce_denial(findings: list[Finding]) -> Denial | None:
     """The 403 denial for the enforce-mode findings (each with its rule, message and fix), or None."""
+    if not findings:  # the usual review
+        return None
     enforced = [f for f in findings if f.mode is Mode.ENFORCE]
     if not enforced:
         return None
