@@ -35,21 +35,27 @@ def check_pod_shape(pod: Any, entries: bool = True) -> None:
         if not isinstance(metadata, dict):
             raise PodShapeError("metadata must be an object")
         for key in ("name", "generateName", "namespace"):
-            _check_optional_string(metadata.get(key), f"metadata.{key}")
+            if not isinstance(metadata.get(key), NAME_TYPES):
+                raise PodShapeError(f"metadata.{key} must be a string")
         for key in ("annotations", "labels"):
-            _check_string_map(metadata.get(key), f"metadata.{key}")
+            if metadata.get(key) is not None:
+                _check_string_map(metadata[key], f"metadata.{key}")
     spec = pod.get("spec")
     if spec is None:
         return
     if not isinstance(spec, dict):
         raise PodShapeError("spec must be an object")
-    _check_optional_string(spec.get("serviceAccountName"), "spec.serviceAccountName")
-    host_network = spec.get("hostNetwork")
-    if host_network is not None and not isinstance(host_network, bool):
+    if not isinstance(spec.get("serviceAccountName"), NAME_TYPES):
+        raise PodShapeError("spec.serviceAccountName must be a string")
+    if not isinstance(spec.get("hostNetwork"), (bool, type(None))):
         raise PodShapeError("spec.hostNetwork must be a boolean")
     for key in ("containers", "initContainers", "volumes"):
-        nested = ("env", "volumeMounts") if key != "volumes" else ()
-        _check_named_objects(spec.get(key), f"spec.{key}", nested, entries)
+        if spec.get(key) is not None:
+            _check_named_objects(spec[key], f"spec.{key}", _NESTED[key], entries)
+
+
+# The lists of named objects inside each entry of the pod's lists, checked right after the entry.
+_NESTED = {"containers": ("env", "volumeMounts"), "initContainers": ("env", "volumeMounts"), "volumes": ()}
 
 
 def pod_ref(pod: Any, request_namespace: str, entries: bool = True) -> PodRef:
@@ -114,11 +120,6 @@ def _raise_for_entry(item: Any, where: str) -> None:
     if not isinstance(item, dict):
         raise PodShapeError(f"{where} must be an object")
     raise PodShapeError(f"{where}.name must be a string")
-
-
-def _check_optional_string(value: Any, where: str) -> None:
-    if value is not None and not isinstance(value, str):
-        raise PodShapeError(f"{where} must be a string")
 
 
 def _check_string_map(value: Any, where: str) -> None:
