@@ -37,24 +37,23 @@ def volume_name_for(pod_name: str) -> str:
     return VOLUME_NAME_PREFIX + hashlib.sha256(pod_name.encode("utf-8")).hexdigest()[:30]
 
 
-def env_candidates(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> list[tuple[str, str]]:
-    """The env vars to inject, in the reference's order, without empty values."""
-    tenant = sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id)  # present, even empty, wins
-    candidates = [
-        (ENV_CLIENT_ID, sa.annotations.get(CLIENT_ID_ANNOTATION, "")),
-        (ENV_TENANT_ID, tenant),
-        (ENV_FEDERATED_TOKEN_FILE, TOKEN_FILE_PATH),
-        (ENV_AUTHORITY_HOST, config.authority_host),
-    ]
+def env_candidates(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> dict[str, str]:
+    """The env vars to inject (name: value), in the reference's order, without empty values."""
+    env = {
+        ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, ""),
+        ENV_TENANT_ID: sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id),  # present, even empty, wins
+        ENV_FEDERATED_TOKEN_FILE: TOKEN_FILE_PATH,
+        ENV_AUTHORITY_HOST: config.authority_host,
+    }
     if custom_active and config.custom_endpoint is not None:
         custom = config.custom_endpoint
-        candidates += [
-            (ENV_KUBERNETES_TOKEN_PROXY, custom.token_proxy),
-            (ENV_KUBERNETES_SNI_NAME, custom.sni_name),
-            (ENV_KUBERNETES_CA_FILE, CA_FILE_PATH),
-            (ENV_KUBERNETES_CA_DATA, custom.ca_data),
-        ]
-    return [(name, value) for name, value in candidates if value]
+        env.update({
+            ENV_KUBERNETES_TOKEN_PROXY: custom.token_proxy,
+            ENV_KUBERNETES_SNI_NAME: custom.sni_name,
+            ENV_KUBERNETES_CA_FILE: CA_FILE_PATH,
+            ENV_KUBERNETES_CA_DATA: custom.ca_data,
+        })
+    return {name: value for name, value in env.items() if value}
 
 
 def volume_mount(volume_name: str) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def _mutate(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, con
     custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
     env = env_candidates(sa, config, custom_active)
     volume_name = volume_name_for(ref.name)
-    result = MutationResult(volume_name=volume_name, env_names=[name for name, _ in env],
+    result = MutationResult(volume_name=volume_name, env_names=list(env),
                             proxy_injected=proxy_port is not None, expiration_seconds=expiration)
     patch = result.patch
 
@@ -121,8 +121,9 @@ def _mutate(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, con
         if not sidecar_list.has(PROXY_CONTAINER_NAME):
             sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
     for editor in (init_list, app_list):
-        for path, container in editor.existing():
-            injector.inject_existing(container, path, patch)
+        # The pod's own containers, at their index after the containers we put first.
+        for index, container in enumerate(editor.current or (), start=editor.prepended):
+            injector.inject_existing(container, f"{editor.path}/{index}", patch)
 
     volume_op = _volume_op(spec.get("volumes"), projected_volume(volume_name, expiration, config, custom_active))
     if volume_op is not None:
@@ -140,6 +141,9 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+_STATUS_PATH = f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}"
+
+
 def _status_op(annotations: Mapping[str, str] | None, value: str) -> PatchOp | None:
     """The op that sets the status annotation to `value` (none when it is already set so)."""
     if annotations is None:
@@ -148,7 +152,7 @@ def _status_op(annotations: Mapping[str, str] | None, value: str) -> PatchOp | N
     if current == value:
         return None
     return {"op": "add" if current is None else "replace",
-            "path": f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}", "value": value}
+            "path": _STATUS_PATH, "value": value}
 
 
 def _volume_op(volumes: list[dict[str, Any]] | None, volume: dict[str, Any]) -> PatchOp | None:
@@ -172,49 +176,40 @@ def _same_volume(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
 
 
 class _ListEditor:
-    """Adds containers to one list of the pod while tracking the index each existing container ends up at."""
+    """Adds containers to one list of the pod while tracking where the pod's own containers end up: only the proxy
+    sidecar is ever put first, so they move by the number of containers put before them."""
 
     def __init__(self, path: str, current: list[dict[str, Any]] | None, patch: list[PatchOp]) -> None:
         self.path = path
-        # (is it one we added, the container), in the order they will be after the patch.
-        self._items: list[tuple[bool, dict[str, Any]]] | None = \
-            None if current is None else [(False, item) for item in current]
+        self.current = current  # the pod's own containers (None: the pod has no such list yet)
+        self.prepended = 0  # how many containers we put before them
+        self._added: list[str] = []  # the names of the containers we add
         self._patch = patch
 
     def has(self, name: str) -> bool:
-        return any(item.get("name") == name for _, item in self._items or [])
-
-    def existing(self) -> list[tuple[str, dict[str, Any]]]:
-        """(JSON Pointer, container) of each container the pod already had, at its index after our additions."""
-        return [(f"{self.path}/{index}", item) for index, (added, item) in enumerate(self._items or []) if not added]
+        return name in self._added or any(item.get("name") == name for item in self.current or ())
 
     def append(self, item: dict[str, Any]) -> None:
-        if self._items is None:
-            self._start(item)
-        else:
-            self._items.append((True, item))
-            self._patch.append({"op": "add", "path": f"{self.path}/-", "value": item})
+        self._add(item, "-")
 
     def prepend(self, item: dict[str, Any]) -> None:
-        if self._items is None:
-            self._start(item)
-        else:
-            self._items.insert(0, (True, item))
-            self._patch.append({"op": "add", "path": f"{self.path}/0", "value": item})
+        self._add(item, "0")
+        self.prepended += 1
 
-    def _start(self, item: dict[str, Any]) -> None:
-        self._items = [(True, item)]
-        self._patch.append({"op": "add", "path": self.path, "value": [item]})
+    def _add(self, item: dict[str, Any], position: str) -> None:
+        if self.current is not None or self._added:
+            self._patch.append({"op": "add", "path": f"{self.path}/{position}", "value": item})
+        else:  # the first container of a list the pod does not have: the op creates the list
+            self._patch.append({"op": "add", "path": self.path, "value": [item]})
+        self._added.append(item["name"])
 
 
 class _ContainerInjector:
     """Gives each container that is not skipped the env vars it does not set yet and the token mount, recording
     which containers were injected or skipped and which injected names the user already sets."""
 
-    def __init__(self, env: list[tuple[str, str]], volume_name: str, skip: frozenset[str],
-                 result: MutationResult) -> None:
+    def __init__(self, env: dict[str, str], volume_name: str, skip: frozenset[str], result: MutationResult) -> None:
         self._env = env
-        self._env_names = {name for name, _ in env}
         self._mount = volume_mount(volume_name)
         self._skip = skip
         self._result = result
@@ -232,7 +227,7 @@ class _ContainerInjector:
         if not self._skipped(container):
             current: list[dict[str, Any]] = list(container.get("env") or [])
             present = {entry.get("name") for entry in current}
-            env = current + [{"name": name, "value": value} for name, value in self._env if name not in present]
+            env = current + [{"name": name, "value": value} for name, value in self._env.items() if name not in present]
             if env:
                 container["env"] = env
             container["volumeMounts"] = [dict(self._mount)]
@@ -246,7 +241,7 @@ class _ContainerInjector:
         mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
         present = set()
         kept: list[tuple[str, Any]] = []  # (name, value) of each entry setting a name we inject, in pod order
-        injected = self._env_names
+        injected = self._env
         for entry in current or ():
             if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), NAME_TYPES):
                 raise PodShapeError(f"{path}/env has an entry that is not an object with a string name")
@@ -266,12 +261,15 @@ class _ContainerInjector:
             # The user's values are kept (the reference does the same); policy WI005 compares them.
             container_name = container.get("name") or ""
             self._result.kept_env.extend((container_name, name, value) for name, value in kept)
-        missing = [{"name": name, "value": value} for name, value in self._env if name not in present]
-        if current is None and missing:
-            patch.append({"op": "add", "path": f"{path}/env", "value": missing})
-        elif missing:
+        if current is None:
+            if self._env:
+                patch.append({"op": "add", "path": f"{path}/env", "value": [
+                    {"name": name, "value": value} for name, value in self._env.items()]})
+        else:
             append_path = f"{path}/env/-"
-            patch.extend([{"op": "add", "path": append_path, "value": entry} for entry in missing])
+            for name, value in self._env.items():
+                if name not in present:
+                    patch.append({"op": "add", "path": append_path, "value": {"name": name, "value": value}})
 
         if mounts is None:
             patch.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(self._mount)]})
