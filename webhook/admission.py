@@ -24,7 +24,7 @@ class BadReview(ValueError):
     """The body is not an AdmissionReview we can answer; becomes HTTP 400 with this message."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ReviewRequest:
     """The envelope fields of a request, and its object (`pod`: the raw JSON, checked by the mutation core)."""
 

@@ -24,7 +24,7 @@ class ServiceAccountInfo:
     resource_version: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Denial:
     """A reason to reject the pod; `code` becomes the AdmissionResponse status code."""
 
@@ -33,7 +33,7 @@ class Denial:
     code: int = 400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRef:
     """What the shell needs before the ServiceAccount lookup: where the pod lives, the name its token volume is
     derived from, and which ServiceAccount it runs as."""
@@ -43,7 +43,7 @@ class PodRef:
     service_account: str
 
 
-@dataclass
+@dataclass(slots=True)
 class MutationResult:
     """The JSON Patch (empty when nothing changes) or a denial, plus facts for logs, metrics, policy and the status
     annotation."""
