@@ -24,17 +24,13 @@ from typing import Any
 from webhook.config import MutationConfig
 from webhook.constants import (
     CLIENT_ID_ANNOTATION,
-    ENV_AUTHORITY_HOST,
-    ENV_CLIENT_ID,
-    ENV_FEDERATED_TOKEN_FILE,
-    ENV_TENANT_ID,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
     SKIP_CONTAINERS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
-    TOKEN_FILE_PATH,
 )
+from webhook.injected import env_candidates
 from webhook.mutation import (
     Denial,
     MutationResult,
@@ -118,7 +114,7 @@ def _raw_findings(pod: Mapping[str, Any], namespace: str, sa: ServiceAccountInfo
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     if result.kept_env:  # the env entries the mutation kept, in pod order
-        wanted = _injected_values(sa, config)
+        wanted = env_candidates(sa, config, custom_active=False)  # the names WI005 compares, with their values
         for name, env_name, value in result.kept_env:
             expected = wanted.get(env_name)
             if expected and isinstance(value, str) and value != expected:
@@ -166,13 +162,6 @@ def _identity_findings(sa: ServiceAccountInfo, config: MutationConfig, policy: P
 
 def _who(sa: ServiceAccountInfo, namespace: str) -> str:
     return f"ServiceAccount {namespace}/{sa.name}"
-
-
-def _injected_values(sa: ServiceAccountInfo, config: MutationConfig) -> dict[str, str]:
-    """The values the webhook injects for the names WI005 compares (the empty ones are not injected)."""
-    return {ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, ""),
-            ENV_TENANT_ID: sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id),
-            ENV_AUTHORITY_HOST: config.authority_host, ENV_FEDERATED_TOKEN_FILE: TOKEN_FILE_PATH}
 
 
 _DENIAL_RULES = {"ServiceAccountNotFound": "WI009", "InvalidTokenExpiration": "WI007"}
