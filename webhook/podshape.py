@@ -38,8 +38,7 @@ def check_pod_shape(pod: Any, entries: bool = True) -> None:
             if not isinstance(metadata.get(key), NAME_TYPES):
                 raise PodShapeError(f"metadata.{key} must be a string")
         for key in ("annotations", "labels"):
-            if metadata.get(key) is not None:
-                _check_string_map(metadata[key], f"metadata.{key}")
+            _check_string_map(metadata.get(key), f"metadata.{key}")
     spec = pod.get("spec")
     if spec is None:
         return
@@ -50,8 +49,7 @@ def check_pod_shape(pod: Any, entries: bool = True) -> None:
     if not isinstance(spec.get("hostNetwork"), (bool, type(None))):
         raise PodShapeError("spec.hostNetwork must be a boolean")
     for key in ("containers", "initContainers", "volumes"):
-        if spec.get(key) is not None:
-            _check_named_objects(spec[key], f"spec.{key}", _NESTED[key], entries)
+        _check_named_objects(spec.get(key), f"spec.{key}", _NESTED[key], entries)
 
 
 # The lists of named objects inside each entry of the pod's lists, checked right after the entry.
@@ -103,11 +101,9 @@ def _check_named_objects(items: Any, where: str, nested: tuple[str, ...] = (), e
         if not isinstance(item, dict) or not isinstance(item.get("name"), NAME_TYPES):
             _raise_for_entry(item, f"{where}[{index}]")
         for key in nested:
-            if item.get(key) is None:
-                continue
             if entries:
-                _check_named_objects(item[key], f"{where}[{index}].{key}")
-            elif not isinstance(item[key], list):
+                _check_named_objects(item.get(key), f"{where}[{index}].{key}")
+            elif not isinstance(item.get(key), (list, type(None))):
                 raise PodShapeError(f"{where}[{index}].{key} must be a list")
 
 
