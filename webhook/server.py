@@ -50,7 +50,8 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
     guard = guard or ConnectionGuard(bounds)  # without a GuardedSite it tracks nothing
 
     def endpoint(answer_with: Callable[[bytes], Awaitable[bytes]]) -> Callable[[web.Request], Awaitable[web.Response]]:
-        # One coroutine per route that calls the handler itself (no middleware: each costs a coroutine per review).
+        # The connection guard is told here, not by an aiohttp middleware (each middleware costs a coroutine per
+        # review, and aiohttp adds one more for any app that has middlewares).
         async def answer(request: web.Request) -> web.Response:
             connection = guard.request_started(request.transport)
             try:
