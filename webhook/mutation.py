@@ -48,8 +48,8 @@ def mutate_pod(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, 
                ref: PodRef | None = None) -> MutationResult:
     """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial.
 
-    `sa` is None when the pod's ServiceAccount does not exist. `ref` is `pod_ref(pod, request_namespace)` when the
-    caller already has it (the shell computes it to find the ServiceAccount).
+    `sa` is None when the pod's ServiceAccount does not exist. `ref` is `pod_ref(pod, request_namespace,
+    entries=False)` when the caller already has it (the shell computes it to find the ServiceAccount).
 
     The pod's shape is checked in two parts, each entry read once: `pod_ref(..., entries=False)` checks all but the
     entries of the containers' env and volumeMounts, which the container walk below checks as it reads them. A pod
