@@ -59,9 +59,9 @@ def create_service_accounts(api: client.ApiClient, namespace: str, start: int, c
 FED = r"""
 import gc, sys, time, orjson
 sys.path.insert(0, ROOT)
-import webhook.server, webhook.cli, kubernetes.client  # the server's imports, for a comparable baseline
-from webhook.metrics import Metrics
-from webhook.serviceaccounts import _ServiceAccountCache
+import webhook.serving.server, webhook.cli.main, kubernetes.client  # the server's imports, for a comparable baseline
+from webhook.serving.metrics import Metrics
+from webhook.sources.serviceaccounts import _ServiceAccountCache
 from bench.objects import service_accounts
 
 class Page:
@@ -80,7 +80,7 @@ class Fed(_ServiceAccountCache):
     def __init__(self, total):
         self._pages = pages(total)
         self._metrics = Metrics()
-        from webhook.cache import ListWatchCache
+        from webhook.sources.cache import ListWatchCache
         ListWatchCache.__init__(self)
     def _list_call(self, **kwargs):
         return Page(next(self._pages))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from webhook import certs
+from webhook.certificates import generate as certs
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ from typing import Any
 import jsonpatch
 import kubernetes_validate
 
-from webhook.config import CustomTokenEndpoint, MutationConfig
-from webhook.mutation import MutationResult, ServiceAccountInfo, mutate_pod
+from webhook.cli.config import CustomTokenEndpoint, MutationConfig
+from webhook.core.mutation import MutationResult, ServiceAccountInfo, mutate_pod
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "00000000-1111-2222-3333-444444444444"

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support import annotated_sa, config, pod
-from webhook.admission import BadReview, parse_review, review_response
-from webhook.handler import AdmissionHandler
-from webhook.mutation import Denial, MutationResult, mutate_pod
-from webhook.serviceaccounts import Lookup, StaticServiceAccounts
+from webhook.core.mutation import Denial, MutationResult, mutate_pod
+from webhook.serving.admission import BadReview, parse_review, review_response
+from webhook.serving.handler import AdmissionHandler
+from webhook.sources.serviceaccounts import Lookup, StaticServiceAccounts
 
 
 def review(version: str = "admission.k8s.io/v1", **request: Any) -> bytes:

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from webhook.cache import NamespacedStore
-from webhook.manifests import Pairs, service_account_info
-from webhook.metrics import Metrics
-from webhook.mutation import ServiceAccountInfo
-from webhook.serviceaccounts import _ServiceAccountCache
+from webhook.core.mutation import ServiceAccountInfo
+from webhook.serving.metrics import Metrics
+from webhook.sources.cache import NamespacedStore
+from webhook.sources.manifests import Pairs, service_account_info
+from webhook.sources.serviceaccounts import _ServiceAccountCache
 
 WI = "azure.workload.identity"
 
@@ -80,7 +80,7 @@ class Fed(_ServiceAccountCache):
         self._watches = iter(watches)
         self.calls: list[dict[str, Any]] = []
         self._metrics = Metrics()
-        from webhook.cache import ListWatchCache
+        from webhook.sources.cache import ListWatchCache
 
         ListWatchCache.__init__(self)
 
@@ -119,7 +119,7 @@ def test_list_in_pages_then_watch_events() -> None:
 
 def test_cluster_source_answers_from_the_cache_and_counts_each_hit() -> None:
     """A cache hit reuses its Lookup while the ServiceAccount is the same object, and is always counted."""
-    from webhook.serviceaccounts import ClusterServiceAccounts
+    from webhook.sources.serviceaccounts import ClusterServiceAccounts
 
     metrics = Metrics()
     source = ClusterServiceAccounts(None, metrics, watch_namespaces=False)
@@ -158,7 +158,7 @@ class Counted:
 
 
 def counted_source(ttl: float = 30.0) -> tuple[Any, Counted]:
-    from webhook.serviceaccounts import ClusterServiceAccounts
+    from webhook.sources.serviceaccounts import ClusterServiceAccounts
 
     source = ClusterServiceAccounts(None, Metrics(), watch_namespaces=False, negative_ttl=ttl)
     fake = Counted()
@@ -211,7 +211,7 @@ def test_service_account_created_after_a_miss_is_found() -> None:
 def test_negative_entries_are_bounded() -> None:
     import asyncio
 
-    from webhook import serviceaccounts
+    from webhook.sources import serviceaccounts
 
     async def many() -> None:
         source, _ = counted_source()
@@ -228,7 +228,7 @@ def test_missing_namespace_lookups_are_coalesced_and_remembered_too() -> None:
     """Policy namespace overrides look the review's namespace up: made-up namespaces must not become GETs each."""
     import asyncio
 
-    from webhook.serviceaccounts import LiveLookups
+    from webhook.sources.serviceaccounts import LiveLookups
 
     class Namespaces:
         def __init__(self) -> None:

@@ -22,8 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from webhook.config import ENV_NAMES, WebhookOptions, build_mutation_config
-from webhook.policy import parse_policy
+from webhook.cli.config import ENV_NAMES, WebhookOptions, build_mutation_config
+from webhook.policy.evaluate import parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "workload-identity-webhook"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.support import CLIENT, TENANT
-from webhook.cli import main
+from webhook.cli.main import main
 
 WI = "azure.workload.identity"
 TEMPLATE = {"metadata": {"labels": {"app": "a", f"{WI}/use": "true"}},
@@ -194,8 +194,8 @@ def test_helm_template_style_output(check: Any) -> None:
 def test_running_pods_stale_and_not_injected() -> None:
     from tests.support import annotated_sa, config
     from tests.support import pod as make_pod
-    from webhook.check import check_running_pods
-    from webhook.mutation import mutate_pod
+    from webhook.cli.check_workloads import check_running_pods
+    from webhook.core.mutation import mutate_pod
 
     sa_before = annotated_sa()
     injected = make_pod("injected")
@@ -294,8 +294,8 @@ def test_label_rule_mode_comes_from_the_policy(check: Any, tmp_path: Path, mode:
 
 def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
     from tests.support import pod as make_pod
-    from webhook.check import check_running_pods
-    from webhook.policy import NamespaceInfo, parse_policy
+    from webhook.cli.check_workloads import check_running_pods
+    from webhook.policy.evaluate import NamespaceInfo, parse_policy
 
     plain = make_pod("plain")
     report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"WI013": "enforce"}}))

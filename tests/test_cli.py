@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.support import TENANT
-from webhook.cli import main
+from webhook.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 POD = str(ROOT / "examples/demo/pod.yaml")
@@ -81,7 +81,7 @@ def test_unexpected_errors_are_one_line_unless_debug(capsys: pytest.CaptureFixtu
     def broken(_: object) -> int:
         raise RuntimeError("spec\nmore")
 
-    monkeypatch.setattr("webhook.cli.run_mutate", broken)
+    monkeypatch.setattr("webhook.cli.main.run_mutate", broken)
     assert main(["mutate", "-f", POD]) == 2
     err = capsys.readouterr().err
     assert err == ("wi-webhook: mutate: unexpected error: RuntimeError: spec more (run again with --debug for the "
@@ -99,7 +99,7 @@ def test_environment_failures_nobody_caught_are_described_not_reported_as_bugs(
     def unreachable(_: object) -> int:
         raise MaxRetryError(None, "/version", NewConnectionError(None, "[Errno 111] Connection refused"))  # type: ignore[arg-type]
 
-    monkeypatch.setattr("webhook.cli.run_mutate", unreachable)
+    monkeypatch.setattr("webhook.cli.main.run_mutate", unreachable)
     assert main(["mutate", "-f", POD]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wi-webhook: mutate: the Kubernetes API server is not reachable (")
@@ -108,7 +108,7 @@ def test_environment_failures_nobody_caught_are_described_not_reported_as_bugs(
     def disk_full(_: object) -> int:
         raise OSError(28, "No space left on device", "/out/tls.key")
 
-    monkeypatch.setattr("webhook.cli.run_mutate", disk_full)
+    monkeypatch.setattr("webhook.cli.main.run_mutate", disk_full)
     assert main(["mutate", "-f", POD]) == 2
     assert capsys.readouterr().err == "wi-webhook: mutate: No space left on device (/out/tls.key) (--debug shows the " \
                                       "traceback)\n"
@@ -119,8 +119,8 @@ def test_serve_giving_up_on_missing_certificates_names_the_directory(
     async def gives_up(*_: object, **__: object) -> None:
         raise RuntimeError("certs are not ready after 300s: cannot read tls.crt")
 
-    monkeypatch.setattr("webhook.server.serve", gives_up)
-    monkeypatch.setattr("webhook.logs.setup", lambda level: None)  # keep this process's logging as pytest set it
+    monkeypatch.setattr("webhook.serving.server.serve", gives_up)
+    monkeypatch.setattr("webhook.cli.logs.setup", lambda level: None)  # keep this process's logging as pytest set it
     port = _free_port()
     assert main(["serve", "--objects", SAS, "--webhook-cert-dir", str(tmp_path), "--host", "127.0.0.1", "--port",
                  str(port), "--health-addr", f"127.0.0.1:{_free_port()}", "--metrics-addr",

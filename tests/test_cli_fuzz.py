@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import TENANT
-from webhook.check import WORKLOAD_KINDS
-from webhook.cli import main
-from webhook.constants import INJECTED_ENV_NAMES
+from webhook.cli.check_workloads import WORKLOAD_KINDS
+from webhook.cli.main import main
+from webhook.core.constants import INJECTED_ENV_NAMES
 
 WI = "azure.workload.identity"
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from webhook import clouds
-from webhook.config import (
+from webhook.cli import clouds
+from webhook.cli.config import (
     ConfigError,
     ServeOptions,
     WebhookOptions,

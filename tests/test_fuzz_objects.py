@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from tests.processes import WebhookProcess
 from tests.test_fuzz import SA, json_values
-from webhook.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info
-from webhook.policy import PolicyError
-from webhook.policyfile import load_policy
-from webhook.serviceaccounts import StaticServiceAccounts, namespace_info
+from webhook.policy.evaluate import PolicyError
+from webhook.policy.file import load_policy
+from webhook.sources.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info
+from webhook.sources.serviceaccounts import StaticServiceAccounts, namespace_info
 
 WI = "azure.workload.identity"
 strings = st.one_of(st.sampled_from(["sa", "ns", "", f"{WI}/client-id", f"{WI}/tenant-id", "x" * 300]),

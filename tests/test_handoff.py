@@ -1,4 +1,4 @@
-"""`serve --reuse-port` (webhook/handoff.py) with real processes on the same 127.0.0.1 ports: on SIGTERM the first
+"""`serve --reuse-port` (serving/handoff.py) with real processes on the same 127.0.0.1 ports: on SIGTERM the first
 keeps serving until a successor answers /readyz, then leaves without failing a review; alone, it gives up after
 --shutdown-delay with a warning. Without --reuse-port a second process still cannot bind the ports."""
 

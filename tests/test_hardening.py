@@ -17,7 +17,7 @@ import pytest
 
 from tests.processes import WebhookProcess, make_certs
 from tests.support import pod
-from webhook import certs
+from webhook.certificates import generate as certs
 
 SA = """apiVersion: v1
 kind: ServiceAccount

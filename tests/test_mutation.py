@@ -25,8 +25,8 @@ from tests.support import (
     sa,
     validate,
 )
-from webhook.constants import TOKEN_FILE_PATH
-from webhook.mutation import go_parse_int, mutate_pod, pod_ref, volume_name_for
+from webhook.core.constants import TOKEN_FILE_PATH
+from webhook.core.mutation import go_parse_int, mutate_pod, pod_ref, volume_name_for
 
 WI = "azure.workload.identity"
 FOUR = ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support import CLIENT, annotated_sa, config, pod, sa
-from webhook.policy import (
+from webhook.policy.evaluate import (
     RULES,
     Mode,
     NamespaceInfo,
@@ -182,7 +182,7 @@ def test_namespace_override_cannot_weaken_reference_denials() -> None:
 
 
 def test_warnings_are_bounded() -> None:
-    from webhook.policy import Finding
+    from webhook.policy.evaluate import Finding
 
     findings = [Finding("WI006", Mode.WARN, "x" * 300) for _ in range(100)]
     warnings = admission_warnings(findings)

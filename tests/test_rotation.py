@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from cryptography import x509
 
-from webhook import certs
-from webhook.rotation import CertRotator, RotationSettings, parse_duration, plan_bundle
+from webhook.certificates import generate as certs
+from webhook.certificates.rotation import CertRotator, RotationSettings, parse_duration, plan_bundle
 
 HOSTS = ["svc.ns.svc", "svc.ns.svc.cluster.local"]
 DAY = 86400.0
@@ -80,7 +80,7 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_trusted_cas_overlap_previous_ca_while_valid() -> None:
-    from webhook.rotation import trusted_cas
+    from webhook.certificates.rotation import trusted_cas
 
     new, old = certs.generate_ca(), certs.generate_ca()
     both = trusted_cas({"ca.crt": new.cert_pem, "ca-previous.crt": old.cert_pem})
@@ -94,7 +94,7 @@ def test_trusted_cas_overlap_previous_ca_while_valid() -> None:
 def test_live_lookups_do_not_write_into_the_watch_cache() -> None:
     import asyncio
 
-    from webhook.cache import ListWatchCache
+    from webhook.sources.cache import ListWatchCache
 
     class Response:
         data = b'{"metadata": {"name": "sa", "namespace": "ns", "resourceVersion": "1"}}'
@@ -280,7 +280,7 @@ def test_stopping_while_settling_leaves_the_secret_alone() -> None:
 def test_ca_settle_delay_setting(value: str, ok: bool) -> None:
     from pydantic import ValidationError
 
-    from webhook.config import ServeOptions
+    from webhook.cli.config import ServeOptions
 
     if ok:
         assert ServeOptions(cert_ca_settle_delay=value).cert_ca_settle_delay == value

@@ -200,7 +200,7 @@ def test_tls_min_version_1_0_and_1_1_mean_1_2_with_a_warning(tmp_path: Path,
     """OpenSSL refuses TLS 1.0/1.1 anyway: the listener says so and enforces 1.2 instead of pretending (issue 18)."""
     import ssl
 
-    from webhook.tls import ServingCertificate
+    from webhook.serving.tls import ServingCertificate
 
     for requested in ("1.0", "1.1"):
         with caplog.at_level("WARNING", logger="tls"):
@@ -213,7 +213,7 @@ def test_tls_min_version_1_0_and_1_1_mean_1_2_with_a_warning(tmp_path: Path,
 
 
 def test_limits_from_the_environment_name_the_variable() -> None:
-    from webhook.limits import Limits
+    from webhook.serving.limits import Limits
 
     assert Limits.from_env({}) == Limits()
     bounds = Limits.from_env({"WI_WEBHOOK_IDLE_TIMEOUT": "2.5", "WI_WEBHOOK_MAX_CONNECTIONS": " 10 "})
@@ -227,7 +227,7 @@ def test_limits_from_the_environment_name_the_variable() -> None:
 def test_body_budget_waits_in_order_and_gives_up_after_its_timeout() -> None:
     import asyncio
 
-    from webhook.limits import BodyBudget
+    from webhook.serving.limits import BodyBudget
 
     async def scenario() -> None:
         budget = BodyBudget(10)

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_fuzz import WI, containers, env_entries, json_values, pods
-from webhook.config import MutationConfig
-from webhook.model import ServiceAccountInfo
-from webhook.podshape import PodShapeError, bad_pod, check_pod_shape, pod_ref
-from webhook.policy import admit
+from webhook.cli.config import MutationConfig
+from webhook.core.model import ServiceAccountInfo
+from webhook.core.shape import PodShapeError, bad_pod, check_pod_shape, pod_ref
+from webhook.policy.evaluate import admit
 
 CONFIG = MutationConfig(tenant_id="72f988bf-86f1-41af-91ab-2d7cd011db47")
 ACCOUNT = ServiceAccountInfo("ns", "sa", {f"{WI}/client-id": "00000000-0000-0000-0000-000000000001"})

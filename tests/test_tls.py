@@ -6,8 +6,8 @@ import ssl
 from pathlib import Path
 
 from tests.processes import make_certs
-from webhook import certs
-from webhook.tls import ServingCertificate
+from webhook.certificates import generate as certs
+from webhook.serving.tls import ServingCertificate
 
 
 def handshake(server: ssl.SSLContext, cafile: Path) -> bool:

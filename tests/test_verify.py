@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import TENANT
-from webhook.cli import main
-from webhook.verify import advice_for, decode_claims, run_verify
+from webhook.cli.main import main
+from webhook.cli.verify import advice_for, decode_claims, run_verify
 
 CLAIMS = {"iss": "https://oidc.example/abc/", "sub": "system:serviceaccount:ns:app"}
 ENV = {"AZURE_CLIENT_ID": "c", "AZURE_TENANT_ID": "t", "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/"}

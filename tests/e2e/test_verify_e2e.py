@@ -20,7 +20,7 @@ from kubernetes import client
 
 from tests.e2e.fake_entra import FakeEntra
 from tests.e2e.fake_keyvault import FakeKeyVault
-from webhook.verify import run_verify
+from webhook.cli.verify import run_verify
 
 TENANT = str(uuid.uuid4())
 

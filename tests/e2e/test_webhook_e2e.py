@@ -39,8 +39,8 @@ from tests.e2e.helpers import (
     wi_volumes,
 )
 from tests.processes import WebhookProcess, free_port, make_certs
-from webhook.cli import parse_server_version
-from webhook.mutation import volume_name_for
+from webhook.cli.main import parse_server_version
+from webhook.core.mutation import volume_name_for
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.pa
            "kernel.keys.root_maxkeys", "kernel.keys.root_maxbytes", "net.ipv4.ip_forward",
            "net.ipv4.tcp_migrate_req")
 # Set by the harness itself (not the kubelet), after the baseline is recorded: the chart README asks hostNetwork
-# users for it, and the webhook's hand-off on an upgrade relies on it (webhook/handoff.py).
+# users for it, and the webhook's hand-off on an upgrade relies on it (webhook/serving/handoff.py).
 HARNESS_SYSCTLS = {"net.ipv4.tcp_migrate_req": "1"}
 HARD_CODED_PATHS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"),
                     Path("/var/lib/cni"), Path("/run/containerd"), Path("/usr/libexec/kubernetes"),

@@ -16,7 +16,7 @@ What runs, all bound to 127.0.0.1 and started by this process (stopped by PID):
 * the kubelet (cgroupfs, `failCgroupV1: false`, `failSwapOn: false`), serving on 127.0.0.1 only; it accepts the
   API server's requests (logs, exec) anonymously, so nothing needs a kubelet client certificate;
 * the sysctl net.ipv4.tcp_migrate_req=1, which the chart README asks hostNetwork users to set (the webhook's
-  hand-off to its successor on an upgrade; webhook/handoff.py).
+  hand-off to its successor on an upgrade; webhook/serving/handoff.py).
 
 Pods must be `hostNetwork: true`: without kube-proxy and with the API server on 127.0.0.1 only, a pod reaches the
 API server through the node's loopback (`pod_env()` sets KUBERNETES_SERVICE_HOST/PORT), and tests dial only
@@ -273,7 +273,7 @@ class NodeCluster:
     def _set_sysctls(self) -> None:
         """net.ipv4.tcp_migrate_req=1, as the chart README asks of hostNetwork users: when the old webhook pod
         closes its SO_REUSEPORT listener during an upgrade, connections queued on it move to the new pod's instead
-        of being reset (webhook/handoff.py). Restored with the other sysctls at stop()."""
+        of being reset (webhook/serving/handoff.py). Restored with the other sysctls at stop()."""
         assert self.host is not None
         try:
             self.host.apply_harness_sysctls()

@@ -1,0 +1,1 @@
+"""The `wi-webhook` command: arguments, configuration, logging, and the commands serve, mutate, check, verify."""

@@ -1,0 +1,144 @@
+"""What the webhook adds to a pod, as plain JSON values: the env vars, the token volume and its mount, the proxy
+containers and the status annotation. The reference's values and order (see README "Compatibility")."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from webhook.cli.config import MutationConfig
+from webhook.core.constants import (
+    CA_FILE_PATH,
+    CA_RELATIVE_PATH,
+    CLIENT_ID_ANNOTATION,
+    ENV_AUTHORITY_HOST,
+    ENV_CLIENT_ID,
+    ENV_FEDERATED_TOKEN_FILE,
+    ENV_KUBERNETES_CA_DATA,
+    ENV_KUBERNETES_CA_FILE,
+    ENV_KUBERNETES_SNI_NAME,
+    ENV_KUBERNETES_TOKEN_PROXY,
+    ENV_TENANT_ID,
+    MOUNT_PATH,
+    PROXY_CONTAINER_NAME,
+    PROXY_INIT_CONTAINER_NAME,
+    TENANT_ID_ANNOTATION,
+    TOKEN_FILE_PATH,
+    TOKEN_RELATIVE_PATH,
+    VOLUME_NAME_PREFIX,
+)
+from webhook.core.model import ServiceAccountInfo
+
+
+def volume_name_for(pod_name: str) -> str:
+    """`azure-workload-identity-reserved-` + 30 hex chars of sha256(pod name): 63 chars, a valid DNS label."""
+    return VOLUME_NAME_PREFIX + hashlib.sha256(pod_name.encode("utf-8")).hexdigest()[:30]
+
+
+def env_candidates(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> dict[str, str]:
+    """The env vars to inject (name: value), in the reference's order, without empty values."""
+    env = {
+        ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, ""),
+        ENV_TENANT_ID: sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id),  # present, even empty, wins
+        ENV_FEDERATED_TOKEN_FILE: TOKEN_FILE_PATH,
+        ENV_AUTHORITY_HOST: config.authority_host,
+    }
+    if custom_active and config.custom_endpoint is not None:
+        custom = config.custom_endpoint
+        env.update({
+            ENV_KUBERNETES_TOKEN_PROXY: custom.token_proxy,
+            ENV_KUBERNETES_SNI_NAME: custom.sni_name,
+            ENV_KUBERNETES_CA_FILE: CA_FILE_PATH,
+            ENV_KUBERNETES_CA_DATA: custom.ca_data,
+        })
+    return {name: value for name, value in env.items() if value}
+
+
+def volume_mount(volume_name: str) -> dict[str, Any]:
+    return {"name": volume_name, "mountPath": MOUNT_PATH, "readOnly": True}
+
+
+def projected_volume(name: str, expiration: int, config: MutationConfig, custom_active: bool) -> dict[str, Any]:
+    """The token volume: a projected ServiceAccount token for the audience, plus the custom endpoint's CA source."""
+    custom = config.custom_endpoint if custom_active else None
+    sources: list[dict[str, Any]] = [{"serviceAccountToken": {
+        "path": TOKEN_RELATIVE_PATH,
+        "expirationSeconds": expiration,
+        "audience": custom.audience if custom else config.audience,
+    }}]
+    if custom and custom.ca_configmap_name:
+        sources.append({"configMap": {"name": custom.ca_configmap_name,
+                                      "items": [{"key": "ca.crt", "path": CA_RELATIVE_PATH}], "optional": False}})
+    if custom and custom.ctb_signer_name:
+        bundle: dict[str, Any] = {"signerName": custom.ctb_signer_name}
+        if custom.ctb_label_selector is not None:
+            bundle["labelSelector"] = custom.ctb_label_selector
+        bundle.update({"path": CA_RELATIVE_PATH, "optional": False})
+        sources.append({"clusterTrustBundle": bundle})
+    return {"name": name, "projected": {"sources": sources}}
+
+
+def _proxy_log_level(config: MutationConfig) -> str:
+    return config.log_level if config.log_level in ("", "info", "debug", "trace", "all") else ""
+
+
+def proxy_init_container(port: int, config: MutationConfig) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": PROXY_INIT_CONTAINER_NAME,
+        "image": config.proxy_init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": {
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            "privileged": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+        },
+        "env": [{"name": "PROXY_PORT", "value": str(port)}],
+    }
+    if config.proxy_init_resources:
+        container["resources"] = config.proxy_init_resources
+    return container
+
+
+def proxy_sidecar_container(port: int, config: MutationConfig) -> dict[str, Any]:
+    level = _proxy_log_level(config)
+    container: dict[str, Any] = {
+        "name": PROXY_CONTAINER_NAME,
+        "image": config.proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [f"--proxy-port={port}", f"--log-level={level}"],
+        "ports": [{"containerPort": port}],
+        "lifecycle": {"postStart": {"exec": {
+            "command": ["/proxy", f"--proxy-port={port}", "--probe", f"--log-level={level}"]}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    if config.proxy_resources:
+        container["resources"] = config.proxy_resources
+    if config.native_sidecar:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def annotations_hash(sa: ServiceAccountInfo) -> str:
+    """12 hex chars of sha256 over the ServiceAccount's annotations (sorted JSON)."""
+    annotations = dict(sa.annotations.items())
+    return hashlib.sha256(orjson.dumps(annotations, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def status_annotation(sa: ServiceAccountInfo, env_names: list[str], volume_name: str, config: MutationConfig) -> str:
+    """`wi-webhook/status`: what was injected and from which ServiceAccount annotations (short hash).
+
+    Deterministic for the same inputs, so reinvocation stays a no-op; `check --cluster` compares the hash with the
+    ServiceAccount's current annotations to find pods running with a stale identity.
+    """
+    return orjson.dumps({"version": config.webhook_version, "env": env_names, "volume": volume_name,
+                         "mountPath": MOUNT_PATH, "serviceAccount": sa.name,
+                         "annotationsHash": annotations_hash(sa)}).decode()
