@@ -4,7 +4,7 @@ Builds the Go load generator (bench/loadgen, stdlib only), starts each server pi
 drives it from CPU 1 over TLS keep-alive: saturation throughput, latency percentiles at fixed rates, new-connection
 handshakes/s. Pods are a small (~4 KB) and a large (~200 KB) realistic one, as a burst of identical pods (a
 Deployment scale-up) and as distinct pods. A Go server with a fixed answer shows the harness's own floor.
-Prints a table and the ratio ours/baseline. Not a test; `--check` exits 1 when a floor does not hold.
+Prints a table and the ratio ours/baseline. Not a test, and no floor: it shows regressions (`--compare`).
 """
 
 from __future__ import annotations
@@ -136,8 +136,6 @@ def loadgen(binary: Path, url: str, body: Path, ca: Path, args: list[str], cpu: 
 
 SERVERS = (("go floor", "burst"), ("baseline", "burst"), ("wi-webhook", "burst"), ("wi-webhook", "distinct"))
 COMPARE = "wi-webhook compare"  # with --compare DIR: the webhook from another source tree, e.g. an older commit
-# The floors `--check` holds (issue 21): small distinct pods at least half the bare baseline's req/s.
-FLOORS = {"small wi-webhook distinct": 0.5}
 
 
 def interleaved(servers: tuple[tuple[str, str], ...], args: argparse.Namespace, tmp: Path, binary: Path, ca: Path,
@@ -231,9 +229,6 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help=f"also run the webhook from the source tree DIR (e.g. `git worktree add DIR <commit>`), "
                              f"labelled '{COMPARE}': a regression check against another version in the same run")
-    parser.add_argument("--check", action="store_true",
-                        help="with --rounds: exit 1 when a floor does not hold "
-                             + ", ".join(f"({label} >= {floor})" for label, floor in FLOORS.items()))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wi-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -244,12 +239,8 @@ def main() -> int:
         env = {**os.environ, "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"}
         servers = SERVERS + (((COMPARE, "burst"), (COMPARE, "distinct")) if args.compare else ())
         if args.rounds:
-            ratios = interleaved(servers, args, tmp, binary, ca, env)
-            failed = [f"{label} {ratios[label]:.2f} < {floor}" for label, floor in FLOORS.items()
-                      if label in ratios and ratios[label] < floor]
-            if failed:
-                print("floor not held: " + "; ".join(failed))
-            return 1 if args.check and failed else 0
+            interleaved(servers, args, tmp, binary, ca, env)
+            return 0
         rows: list[tuple[str, str, str, dict[str, Any]]] = []
         for workers in (int(w) for w in args.workers.split(",")):
             server_cpu, load_cpu = ("0", "1") if workers == 1 else ("0,1", "0,1")

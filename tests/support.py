@@ -9,8 +9,19 @@ from typing import Any
 import jsonpatch
 import kubernetes_validate
 
-from webhook.cli.config import CustomTokenEndpoint, MutationConfig
-from webhook.core.mutation import MutationResult, ServiceAccountInfo, mutate_pod
+from webhook.core.model import (
+    CustomTokenEndpoint,
+    Denial,
+    MutationConfig,
+    MutationResult,
+    NamespaceInfo,
+    ServiceAccountInfo,
+)
+from webhook.core.mutation import mutate_pod
+from webhook.core.shape import read_pod
+from webhook.policy.evaluate import Decision, admit
+from webhook.policy.schema import DEFAULT_POLICY, Policy
+from webhook.sources.manifests import service_account_info
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "00000000-1111-2222-3333-444444444444"
@@ -28,12 +39,32 @@ def custom_config(**endpoint: Any) -> MutationConfig:
 
 
 def sa(name: str = "sa", namespace: str = "ns", **annotations: str) -> ServiceAccountInfo:
-    return ServiceAccountInfo(namespace=namespace, name=name, annotations=annotations)
+    """A ServiceAccount as `serve` holds it: made from the object by the cache's own function, which keeps only the
+    `azure.workload.identity/*` annotations, so that a feature keyed on another annotation fails its unit test."""
+    return service_account_info({"apiVersion": "v1", "kind": "ServiceAccount",
+                                 "metadata": {"name": name, "namespace": namespace, "annotations": annotations}})
 
 
 def annotated_sa(name: str = "sa", namespace: str = "ns", client_id: str = CLIENT, **extra: str) -> ServiceAccountInfo:
-    return ServiceAccountInfo(namespace=namespace, name=name,
-                              annotations={"azure.workload.identity/client-id": client_id, **extra})
+    return sa(name, namespace, **{"azure.workload.identity/client-id": client_id, **extra})
+
+
+def mutate(original: dict[str, Any], namespace: str, sa_info: ServiceAccountInfo | None,
+           cfg: MutationConfig) -> MutationResult:
+    """What serve does with a pod, without policy: the shape check, then the mutation."""
+    ref = read_pod(original, namespace)
+    if isinstance(ref, Denial):
+        return MutationResult(denial=ref)
+    return mutate_pod(original, ref, sa_info, cfg)
+
+
+def decide(original: dict[str, Any], namespace: str, sa_info: ServiceAccountInfo | None, cfg: MutationConfig,
+           policy: Policy = DEFAULT_POLICY, namespace_info: NamespaceInfo | None = None) -> Decision:
+    """What serve does with a pod: the shape check, then the mutation and the policy."""
+    ref = read_pod(original, namespace)
+    if isinstance(ref, Denial):
+        return Decision(MutationResult(denial=ref))
+    return admit(original, ref, sa_info, cfg, policy, namespace_info)
 
 
 def pod(name: str | None = "pod", *, namespace: str | None = "ns", sa_name: str | None = "sa",
@@ -72,11 +103,11 @@ def mutated(original: dict[str, Any], sa_info: ServiceAccountInfo | None = None,
     """Mutate, apply, validate and check idempotency (a second run yields an empty patch)."""
     cfg = cfg or config()
     sa_info = sa_info or annotated_sa()
-    result = mutate_pod(original, namespace, sa_info, cfg)
+    result = mutate(original, namespace, sa_info, cfg)
     out = apply(original, result)
     if check_schema:
         validate(out)
-    again = mutate_pod(out, namespace, sa_info, cfg)
+    again = mutate(out, namespace, sa_info, cfg)
     assert again.denial is None and again.patch == [], f"not idempotent: {again.patch}"
     return out, result
 

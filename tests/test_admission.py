@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from typing import Any
 
 import orjson
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support import annotated_sa, config, pod
-from webhook.core.mutation import Denial, MutationResult, mutate_pod
+from tests.support import annotated_sa, config, mutate, pod
+from webhook.core.model import Denial, MutationResult
 from webhook.serving.admission import BadReview, parse_review, review_response
 from webhook.serving.handler import AdmissionHandler
 from webhook.sources.serviceaccounts import Lookup, StaticServiceAccounts
@@ -27,7 +28,7 @@ def review(version: str = "admission.k8s.io/v1", **request: Any) -> bytes:
 def test_round_trip_in_request_version(version: str) -> None:
     request = parse_review(review(version, dryRun=True))
     assert request.dry_run and request.uid == "u-1" and request.namespace == "ns"
-    result = mutate_pod(request.pod, request.namespace, annotated_sa(), config())
+    result = mutate(request.object, request.namespace, annotated_sa(), config())
     answer = orjson.loads(review_response(request, result))
     assert answer["apiVersion"] == version and answer["kind"] == "AdmissionReview"
     response = answer["response"]
@@ -95,9 +96,6 @@ def test_reply_fields(patch: list[dict[str, Any]], denied: bool, warnings: list[
 class Unreachable(StaticServiceAccounts):
     """A source whose API server cannot be reached: every lookup is an error."""
 
-    def cached(self, namespace: str, name: str) -> Lookup | None:
-        return None
-
     async def get(self, namespace: str, name: str) -> Lookup:
         return Lookup(None, "error", error="connection refused")
 
@@ -108,6 +106,8 @@ class Unreachable(StaticServiceAccounts):
     (pod(containers=[{"name": "a", "env": [{"name": 1}]}]), "BadPod", 400),
     (pod(containers=[{"name": "a", "volumeMounts": "x"}]), "BadPod", 400),
     (pod(containers=[{"name": 1}]), "BadPod", 400),
+    # The first offending field in the check's order: a container's own lists before the next container.
+    (pod(containers=[{"name": "a", "env": [5]}, {"name": 7}]), "BadPod", 400),
 ])
 def test_lookup_failure_answers_500_after_the_shape_check(obj: Any, reason: str, code: int) -> None:
     handler = AdmissionHandler(config(), Unreachable([]))
@@ -116,9 +116,11 @@ def test_lookup_failure_answers_500_after_the_shape_check(obj: Any, reason: str,
     response = orjson.loads(asyncio.run(handler.review(body)))["response"]
     assert response["allowed"] is False
     assert (response["status"]["reason"], response["status"]["code"]) == (reason, code)
-    expected = mutate_pod(obj, "ns", annotated_sa(), config()).denial
+    expected = mutate(obj, "ns", annotated_sa(), config()).denial
     if reason == "BadPod":
         assert expected is not None and response["status"]["message"] == expected.message
+        if obj["spec"]["containers"][-1]["name"] == 7:
+            assert expected.message == "couldn't decode pod: spec.containers[0].env[0] must be an object"
     else:
         assert "failed to get service account ns/sa: connection refused" in response["status"]["message"]
 
@@ -132,3 +134,28 @@ def test_a_review_without_namespace_looks_the_service_account_up_in_the_pods_nam
                          "request": {"uid": "u", "operation": "CREATE", "object": pod(namespace=account.namespace)}})
     response = orjson.loads(asyncio.run(handler.review(body)))["response"]
     assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+
+
+def test_a_failing_core_still_answers_an_admission_review(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in our own code must not become a plain-text 500: the API server gets a denial naming the review's uid
+    (with failurePolicy Fail the user sees why), the log has the traceback with the uid, the metrics an error."""
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the core")
+
+    monkeypatch.setattr("webhook.serving.handler.admit", broken)
+    account = annotated_sa()
+    handler = AdmissionHandler(config(), StaticServiceAccounts([account]))
+    body = orjson.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {
+        "uid": "uid-123", "namespace": "ns", "operation": "CREATE", "object": pod()}})
+    with caplog.at_level(logging.ERROR, logger="webhook"):
+        answer = orjson.loads(asyncio.run(handler.review(body)))
+    assert answer["apiVersion"] == "admission.k8s.io/v1beta1" and answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == "uid-123" and response["allowed"] is False
+    assert response["status"] == {"code": 500, "reason": "InternalError",
+                                  "message": "internal error answering review uid-123, see the webhook's log"}
+    [record] = [r for r in caplog.records if r.name == "webhook" and r.levelno == logging.ERROR]
+    assert record.exc_info is not None and "a bug in the core" in str(record.exc_info[1])
+    assert record.uid == "uid-123"
+    assert handler.metrics.admission.of("error", "ns").count == 1

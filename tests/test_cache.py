@@ -7,27 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 
-from webhook.core.mutation import ServiceAccountInfo
+from webhook.core.model import ServiceAccountInfo
 from webhook.serving.metrics import Metrics
 from webhook.sources.cache import NamespacedStore
-from webhook.sources.manifests import Pairs, service_account_info
+from webhook.sources.manifests import service_account_info
 from webhook.sources.serviceaccounts import _ServiceAccountCache
 
 WI = "azure.workload.identity"
-
-
-def test_pairs_is_a_read_only_mapping() -> None:
-    pairs = Pairs({f"{WI}/client-id": "abc", f"{WI}/tenant-id": ""})
-    assert pairs[f"{WI}/client-id"] == "abc" and pairs.get(f"{WI}/tenant-id", "default") == ""
-    assert pairs.get("missing") is None and pairs.get("missing", "d") == "d"
-    assert f"{WI}/tenant-id" in pairs and "abc" not in pairs  # keys only, never values
-    assert list(pairs) == [f"{WI}/client-id", f"{WI}/tenant-id"] and len(pairs) == 2
-    assert pairs == {f"{WI}/client-id": "abc", f"{WI}/tenant-id": ""} and dict(pairs) == pairs
-    with pytest.raises(KeyError):
-        pairs["abc"]
-    assert len(Pairs({})) == 0 and "Pairs(" in repr(pairs)
 
 
 def test_service_account_info_keeps_only_identity_keys() -> None:
@@ -39,7 +26,7 @@ def test_service_account_info_keeps_only_identity_keys() -> None:
     assert dict(sa.annotations) == {f"{WI}/client-id": "abc"} and dict(sa.labels) == {f"{WI}/use": "true"}
     bare = service_account_info({"metadata": {"name": "default", "namespace": "team"}})
     other = service_account_info({"metadata": {"name": "b", "namespace": "team", "annotations": {"x": "y"}}})
-    assert bare.annotations is other.annotations and len(bare.annotations) == 0  # one shared empty mapping
+    assert bare.annotations == other.annotations == {} and bare.labels == other.labels == {}
 
 
 def test_namespaced_store() -> None:
@@ -118,7 +105,9 @@ def test_list_in_pages_then_watch_events() -> None:
 
 
 def test_cluster_source_answers_from_the_cache_and_counts_each_hit() -> None:
-    """A cache hit reuses its Lookup while the ServiceAccount is the same object, and is always counted."""
+    """A cache hit answers the cached ServiceAccount (the newest the watch delivered), and is always counted."""
+    import asyncio
+
     from webhook.sources.serviceaccounts import ClusterServiceAccounts
 
     metrics = Metrics()
@@ -126,14 +115,23 @@ def test_cluster_source_answers_from_the_cache_and_counts_each_hit() -> None:
     cache = Fed([{"items": [account("a", "ns1", 1, "id-a")], "metadata": {"resourceVersion": "1"}}],
                 [[{"type": "MODIFIED", "object": account("a", "ns1", 2, "id-a2")}]])
     source.accounts = cache
-    cache._list()
-    first, again = source.cached("ns1", "a"), source.cached("ns1", "a")
-    assert first is not None and first is again and first.source == "cache" and first.sa is cache.cached(("ns1", "a"))
-    assert source.cached("ns1", "missing") is None
-    cache._watch()
-    replaced = source.cached("ns1", "a")
-    assert replaced is not None and replaced is not first and replaced.sa is not None
-    assert replaced.sa.annotations[f"{WI}/client-id"] == "id-a2"
+
+    async def not_in_the_api_server(key: tuple[str, str]) -> None:
+        return None
+
+    cache.fetch = not_in_the_api_server  # type: ignore[method-assign]
+
+    async def lookups() -> None:
+        cache._list()
+        first, again = await source.get("ns1", "a"), await source.get("ns1", "a")
+        assert first == again and first.source == "cache" and first.sa is cache.cached(("ns1", "a"))
+        assert (await source.get("ns1", "missing")).source == "missing"  # not a cache hit
+        cache._watch()
+        replaced = await source.get("ns1", "a")
+        assert replaced.source == "cache" and replaced.sa is not None and replaced.sa is not first.sa
+        assert replaced.sa.annotations[f"{WI}/client-id"] == "id-a2"
+
+    asyncio.run(lookups())
     assert metrics.registry.get_sample_value("wi_webhook_serviceaccount_lookups_total", {"source": "cache"}) == 3
 
 

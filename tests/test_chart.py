@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from webhook.cli.config import ENV_NAMES, WebhookOptions, build_mutation_config
-from webhook.policy.evaluate import parse_policy
+from webhook.policy.schema import parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "workload-identity-webhook"

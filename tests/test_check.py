@@ -192,14 +192,13 @@ def test_helm_template_style_output(check: Any) -> None:
 
 
 def test_running_pods_stale_and_not_injected() -> None:
-    from tests.support import annotated_sa, config
+    from tests.support import annotated_sa, config, mutate
     from tests.support import pod as make_pod
     from webhook.cli.check_workloads import check_running_pods
-    from webhook.core.mutation import mutate_pod
 
     sa_before = annotated_sa()
     injected = make_pod("injected")
-    patched = jsonpatch.apply_patch(injected, mutate_pod(injected, "ns", sa_before, config()).patch)
+    patched = jsonpatch.apply_patch(injected, mutate(injected, "ns", sa_before, config()).patch)
     plain = make_pod("plain")
     unlabelled = make_pod("unlabelled")
     unlabelled["metadata"]["labels"] = {}
@@ -295,7 +294,8 @@ def test_label_rule_mode_comes_from_the_policy(check: Any, tmp_path: Path, mode:
 def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
     from tests.support import pod as make_pod
     from webhook.cli.check_workloads import check_running_pods
-    from webhook.policy.evaluate import NamespaceInfo, parse_policy
+    from webhook.core.model import NamespaceInfo
+    from webhook.policy.schema import parse_policy
 
     plain = make_pod("plain")
     report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"WI013": "enforce"}}))
@@ -303,5 +303,5 @@ def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
     report = check_running_pods([plain], lambda ns, name: None, parse_policy({"modes": {"not-injected": "off"}}))
     assert report.findings == [] and report.exit_code() == 0
     labelled = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI013"})
-    report = check_running_pods([plain], lambda ns, name: None, None, lambda name: labelled)
+    report = check_running_pods([plain], lambda ns, name: None, find_namespace=lambda name: labelled)
     assert [f.mode for f in report.findings] == ["enforce"]

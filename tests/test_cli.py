@@ -134,3 +134,18 @@ def _free_port() -> int:
     from tests.processes import free_port
 
     return free_port()
+
+
+def test_unreadable_stdin_is_an_input_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-f -` when standard input cannot be read (a detached terminal, a CI runner's closed descriptor) is exit 2
+    naming stdin, not an unexpected error."""
+    class Unreadable:
+        closed = False
+
+        def read(self) -> str:
+            raise OSError("reading from stdin is not possible here")
+
+    monkeypatch.setattr("sys.stdin", Unreadable())
+    assert main(["check", "-f", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "<stdin>: cannot read standard input" in err and "unexpected" not in err

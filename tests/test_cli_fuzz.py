@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.support import TENANT
 from webhook.cli.check_workloads import WORKLOAD_KINDS
 from webhook.cli.main import main
-from webhook.core.constants import INJECTED_ENV_NAMES
+from webhook.cli.verify import REQUIRED_ENV
 
 WI = "azure.workload.identity"
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ policies = st.one_of(st.dictionaries(st.sampled_from(["modes", "tokenExpiration"
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in INJECTED_ENV_NAMES:  # verify must stop at "environment" (no Entra ID call)
+    for name in REQUIRED_ENV:  # verify must stop at "environment" (no Entra ID call)
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
     monkeypatch.delenv("KUBECONFIG", raising=False)

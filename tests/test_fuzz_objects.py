@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tests.processes import WebhookProcess
 from tests.test_fuzz import SA, json_values
-from webhook.policy.evaluate import PolicyError
 from webhook.policy.file import load_policy
+from webhook.policy.schema import PolicyError
 from webhook.sources.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info
 from webhook.sources.serviceaccounts import StaticServiceAccounts, namespace_info
 

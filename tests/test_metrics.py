@@ -1,4 +1,4 @@
-"""The per-review metrics (serving/stats.py, exported by serving.metrics.AdmissionCollector) expose exactly what
+"""The per-review metrics (serving.metrics.AdmissionStats, exported by AdmissionCollector) expose exactly what
 prometheus-client's own Counter and Histograms exposed for the same reviews, and add up across workers."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook.serving.metrics import Metrics
-from webhook.serving.stats import REFERENCE_BUCKETS, AdmissionStats
+from webhook.serving.metrics import REFERENCE_BUCKETS, AdmissionStats, Metrics
 from webhook.serving.workers import worker_admission_stats
 
 Review = tuple[str, str, float | None]  # decision, namespace, seconds (None: a 400, counted and not timed)
@@ -43,7 +42,7 @@ def ours(items: list[Review]) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def prometheus_clients(items: list[Review]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """What the webhook recorded with prometheus-client before webhook/serving/stats.py."""
+    """What the webhook recorded with prometheus-client before AdmissionStats."""
     registry = CollectorRegistry()
     requests = Counter("wi_webhook_admission_requests", "", ["decision", "namespace"], registry=registry)
     duration = Histogram("wi_webhook_admission_duration_seconds", "", buckets=REFERENCE_BUCKETS, registry=registry)

@@ -1,9 +1,11 @@
-"""The pure mutation core, section by section of the reference spec (§2-§5, §9)."""
+"""The pure mutation core against the reference's behaviour (`../shared/reference/azure-wi-webhook.md` describes it):
+the shape check, the ServiceAccount, the proxy, the token expiration, env and mounts, the volume, the status."""
 
 from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,16 +22,26 @@ from tests.support import (
     custom_config,
     env_names,
     env_of,
+    mutate,
     mutated,
     pod,
     sa,
     validate,
 )
+from webhook.core.annotations import go_parse_int
 from webhook.core.constants import TOKEN_FILE_PATH
-from webhook.core.mutation import go_parse_int, mutate_pod, pod_ref, volume_name_for
+from webhook.core.injected import env_to_inject, volume_name_for
+from webhook.core.model import Denial
+from webhook.core.shape import read_pod
 
 WI = "azure.workload.identity"
 FOUR = ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"]
+
+
+def ref_of(obj: dict[str, Any], namespace: str) -> Any:
+    ref = read_pod(obj, namespace)
+    assert not isinstance(ref, Denial), ref
+    return ref
 
 
 def volume(out: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +49,7 @@ def volume(out: dict[str, Any]) -> dict[str, Any]:
     return vol
 
 
-# §3.6-3.8 basic injection --------------------------------------------------------------------------------------
+# basic injection --------------------------------------------------------------------------------------
 def test_injects_env_mount_and_projected_volume() -> None:
     out, result = mutated(pod())
     app = out["spec"]["containers"][0]
@@ -98,7 +110,7 @@ def test_empty_env_list_gets_appended() -> None:
     assert [op["path"] for op in result.patch[:4]] == ["/spec/containers/0/env/-"] * 4
 
 
-# §2 annotations ---------------------------------------------------------------------------------------------
+# annotations ---------------------------------------------------------------------------------------------
 def test_missing_client_id_skips_only_that_var() -> None:
     out, _ = mutated(pod(), sa_info=sa())
     assert env_names(out["spec"]["containers"][0]) == FOUR[1:]
@@ -133,7 +145,7 @@ def test_use_label_on_service_account_is_ignored_and_pod_label_not_required() ->
     assert env_names(out["spec"]["containers"][0]) == FOUR
 
 
-# §3.2 token expiration --------------------------------------------------------------------------------------
+# token expiration --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("pod_value", "sa_value", "expected"), [
     (None, None, 3600),
     ("7200", None, 7200),
@@ -159,7 +171,7 @@ def test_token_expiration_precedence(pod_value: str | None, sa_value: str | None
     ("99999999999999999999", 'parsing "99999999999999999999": value out of range'),
 ])
 def test_token_expiration_denials(value: str, message: str) -> None:
-    result = mutate_pod(pod(annotations={f"{WI}/service-account-token-expiration": value}), "ns", annotated_sa(),
+    result = mutate(pod(annotations={f"{WI}/service-account-token-expiration": value}), "ns", annotated_sa(),
                         config())
     assert result.denial is not None and result.denial.code == 400
     assert message in result.denial.message
@@ -174,14 +186,14 @@ def test_token_expiration_denials(value: str, message: str) -> None:
 def test_denials_quote_the_value_as_gos_percent_q(value: str, quoted: str) -> None:
     """The reference's message is strconv.ParseInt's, which quotes with strconv.Quote: control and format
     characters escaped, printable ones (any script) kept."""
-    result = mutate_pod(pod(annotations={f"{WI}/service-account-token-expiration": value}), "ns", annotated_sa(),
+    result = mutate(pod(annotations={f"{WI}/service-account-token-expiration": value}), "ns", annotated_sa(),
                         config())
     assert result.denial is not None
     assert result.denial.message.startswith(f"strconv.ParseInt: parsing {quoted}: invalid syntax")
 
 
 def test_token_expiration_from_service_account_denial_names_service_account() -> None:
-    result = mutate_pod(pod(), "ns", annotated_sa(**{f"{WI}/service-account-token-expiration": "1"}), config())
+    result = mutate(pod(), "ns", annotated_sa(**{f"{WI}/service-account-token-expiration": "1"}), config())
     assert result.denial is not None and "ServiceAccount annotation" in result.denial.message
 
 
@@ -231,7 +243,7 @@ def test_go_parse_int_accepts_exactly_signed_ascii_digits(text: str) -> None:
     assert accepted == bool(re.fullmatch(r"[+-]?[0-9]+", text))
 
 
-# §2/§3.4 skip containers ------------------------------------------------------------------------------------
+# skip containers ------------------------------------------------------------------------------------
 def test_skip_containers_trimmed_and_applies_to_init_containers() -> None:
     containers = [{"name": n, "image": "x"} for n in ("a", "b", "c")]
     init = [{"name": n, "image": "x"} for n in ("i1", "i2")]
@@ -249,10 +261,10 @@ def test_an_empty_skip_entry_skips_unnamed_containers_as_the_reference_does() ->
     """`"sidecar;"` splits into "sidecar" and "" in Go; "" matches a container without a name (which decodes as "")."""
     containers = [{"name": "sidecar", "image": "x"}, {"image": "x"}, {"name": None, "image": "y"},
                   {"name": "app", "image": "x"}]
-    result = mutate_pod(pod(containers=containers, annotations={f"{WI}/skip-containers": "sidecar;"}), "ns",
+    result = mutate(pod(containers=containers, annotations={f"{WI}/skip-containers": "sidecar;"}), "ns",
                         annotated_sa(), config())
     assert result.skipped_containers == ["sidecar", "", ""] and result.injected_containers == ["app"]
-    without = mutate_pod(pod(containers=containers, annotations={f"{WI}/skip-containers": "sidecar"}), "ns",
+    without = mutate(pod(containers=containers, annotations={f"{WI}/skip-containers": "sidecar"}), "ns",
                          annotated_sa(), config())
     assert without.skipped_containers == ["sidecar"] and without.injected_containers == ["", "", "app"]
 
@@ -261,7 +273,7 @@ def test_skip_entries_are_trimmed_as_go_trims_them() -> None:
     """Go's strings.TrimSpace: Unicode spaces (NBSP, ideographic space, tabs...) but not the \x1c-\x1f separators
     that Python's str.strip() also removes."""
     containers = [{"name": n, "image": "x"} for n in ("app", "\x1fapp", "web", "db")]
-    result = mutate_pod(pod(containers=containers, annotations={
+    result = mutate(pod(containers=containers, annotations={
         f"{WI}/skip-containers": "\x1fapp;\u00a0web\u3000;\tdb\n"}), "ns", annotated_sa(), config())
     assert result.skipped_containers == ["\x1fapp", "web", "db"] and result.injected_containers == ["app"]
 
@@ -274,7 +286,7 @@ def test_volume_added_even_when_every_container_skipped_or_none() -> None:
     assert volume(out)
 
 
-# §3.7/3.8 same-name mount and volume replaced, identical ones left alone -------------------------------------
+# same-name mount and volume replaced, identical ones left alone -------------------------------------
 def test_same_name_mount_and_volume_replaced() -> None:
     name = volume_name_for("pod")
     container = {"name": "app", "image": "x",
@@ -292,36 +304,36 @@ def test_reinvocation_after_api_server_defaulting_is_a_no_op() -> None:
     out, _ = mutated(pod())
     defaulted = copy.deepcopy(out)
     defaulted["spec"]["volumes"][0]["projected"]["defaultMode"] = 420
-    assert mutate_pod(defaulted, "ns", annotated_sa(), config()).patch == []
+    assert mutate(defaulted, "ns", annotated_sa(), config()).patch == []
 
 
-# §1 namespace and ServiceAccount --------------------------------------------------------------------------------
+# namespace and ServiceAccount --------------------------------------------------------------------------------
 def test_namespace_taken_from_request_when_missing() -> None:
     original = pod(namespace=None)
-    result = mutate_pod(original, "team-a", annotated_sa(namespace="team-a"), config())
+    result = mutate(original, "team-a", annotated_sa(namespace="team-a"), config())
     assert result.patch[0] == {"op": "add", "path": "/metadata/namespace", "value": "team-a"}
     assert apply(original, result)["metadata"]["namespace"] == "team-a"
 
 
 def test_namespace_overwritten_with_request_namespace() -> None:
-    result = mutate_pod(pod(namespace="other"), "ns", annotated_sa(), config())
+    result = mutate(pod(namespace="other"), "ns", annotated_sa(), config())
     assert result.patch[0] == {"op": "replace", "path": "/metadata/namespace", "value": "ns"}
 
 
 def test_missing_service_account_denied_with_reference_message() -> None:
-    result = mutate_pod(pod(sa_name="ghost"), "ns", None, config())
+    result = mutate(pod(sa_name="ghost"), "ns", None, config())
     assert result.denial is not None
     assert result.denial.message == 'serviceaccounts "ghost" not found' and result.denial.code == 400
 
 
 def test_default_service_account_when_unset() -> None:
-    result = mutate_pod(pod(sa_name=None), "ns", None, config())
+    result = mutate(pod(sa_name=None), "ns", None, config())
     assert result.denial is not None and result.denial.message == 'serviceaccounts "default" not found'
     out, _ = mutated(pod(sa_name=None), sa_info=annotated_sa(name="default"))
     assert "serviceAccountName" not in out["spec"]  # never written back
 
 
-# §3.1 proxy -------------------------------------------------------------------------------------------------
+# proxy -------------------------------------------------------------------------------------------------
 PROXY = {f"{WI}/inject-proxy-sidecar": "true"}
 
 
@@ -345,7 +357,7 @@ def test_classic_proxy_layout() -> None:
     assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
     assert "restartPolicy" not in proxy and "resources" not in proxy
     assert env_names(proxy) == FOUR and proxy["volumeMounts"][0]["mountPath"] == "/var/run/secrets/azure/wi"
-    assert result.proxy_injected
+    assert "azwi-proxy" in result.injected_containers
 
 
 def test_native_sidecar_proxy_layout() -> None:
@@ -373,7 +385,7 @@ def test_inject_proxy_any_value_but_false(value: str) -> None:
 def test_inject_proxy_false_does_not_inject(value: str) -> None:
     out, result = mutated(pod(annotations={f"{WI}/inject-proxy-sidecar": value}))
     assert [c["name"] for c in out["spec"]["containers"]] == ["app"] and "initContainers" not in out["spec"]
-    assert not result.proxy_injected
+    assert "azwi-proxy" not in result.injected_containers
 
 
 def test_proxy_resources_from_config() -> None:
@@ -398,7 +410,7 @@ def test_proxy_existing_containers_not_duplicated_and_skip_applies() -> None:
     ("", 'parsing "": invalid syntax'),
 ])
 def test_bad_proxy_port_denied(value: str, message: str) -> None:
-    result = mutate_pod(pod(annotations={**PROXY, f"{WI}/proxy-sidecar-port": value}), "ns", annotated_sa(), config())
+    result = mutate(pod(annotations={**PROXY, f"{WI}/proxy-sidecar-port": value}), "ns", annotated_sa(), config())
     assert result.denial is not None and message in result.denial.message
     assert f"{WI}/proxy-sidecar-port" in result.denial.message
 
@@ -409,7 +421,7 @@ def test_port_ignored_without_injection() -> None:
 
 
 def test_host_network_denied_with_proxy() -> None:
-    result = mutate_pod(pod(annotations=PROXY, hostNetwork=True), "ns", annotated_sa(), config())
+    result = mutate(pod(annotations=PROXY, hostNetwork=True), "ns", annotated_sa(), config())
     assert result.denial is not None
     assert result.denial.message == "hostNetwork is set to true, cannot inject proxy sidecar"
     out, _ = mutated(pod(hostNetwork=True))  # without the proxy, hostNetwork is fine
@@ -419,19 +431,19 @@ def test_host_network_denied_with_proxy() -> None:
 def test_denial_precedence_sa_then_host_network_then_port_then_expiration() -> None:
     everything = pod(annotations={**PROXY, f"{WI}/proxy-sidecar-port": "x",
                                   f"{WI}/service-account-token-expiration": "1"}, hostNetwork=True)
-    assert "not found" in (mutate_pod(everything, "ns", None, config()).denial or _no()).message
-    assert "hostNetwork" in (mutate_pod(everything, "ns", annotated_sa(), config()).denial or _no()).message
+    assert "not found" in (mutate(everything, "ns", None, config()).denial or _no()).message
+    assert "hostNetwork" in (mutate(everything, "ns", annotated_sa(), config()).denial or _no()).message
     everything["spec"]["hostNetwork"] = False
-    assert "proxy sidecar port" in (mutate_pod(everything, "ns", annotated_sa(), config()).denial or _no()).message
+    assert "proxy sidecar port" in (mutate(everything, "ns", annotated_sa(), config()).denial or _no()).message
     everything["metadata"]["annotations"][f"{WI}/proxy-sidecar-port"] = "9000"
-    assert "token expiration" in (mutate_pod(everything, "ns", annotated_sa(), config()).denial or _no()).message
+    assert "token expiration" in (mutate(everything, "ns", annotated_sa(), config()).denial or _no()).message
 
 
 def _no() -> Any:
     raise AssertionError("expected a denial")
 
 
-# §3.5 custom token endpoint -----------------------------------------------------------------------------------
+# custom token endpoint -----------------------------------------------------------------------------------
 BINDING = {f"{WI}/use-identity-binding": "TRUE"}
 
 
@@ -483,7 +495,7 @@ def test_unknown_fields_survive_and_no_remove_ops() -> None:
                    futurePodSpecField=True)
     original["futureTopLevel"] = {"kept": "yes"}
     original["metadata"]["futureMeta"] = 1
-    result = mutate_pod(original, "ns", annotated_sa(), config())
+    result = mutate(original, "ns", annotated_sa(), config())
     out = apply(original, result)
     assert all(op["op"] in ("add", "replace") for op in result.patch)
     assert not any(op["op"] == "replace" for op in result.patch)
@@ -510,19 +522,19 @@ def test_native_sidecar_init_container_schema_valid_with_restart_policy() -> Non
 def test_input_is_never_modified() -> None:
     original = pod(annotations=PROXY, init=[{"name": "i", "image": "x"}])
     snapshot = copy.deepcopy(original)
-    mutate_pod(original, "ns", annotated_sa(), config(native_sidecar=True))
+    mutate(original, "ns", annotated_sa(), config(native_sidecar=True))
     assert original == snapshot
 
 
 def test_no_spec_at_all() -> None:
     original = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}
-    result = mutate_pod(original, "ns", annotated_sa(), config())
+    result = mutate(original, "ns", annotated_sa(), config())
     out = apply(original, result)
     assert out["spec"]["volumes"][0]["name"] == volume_name_for("p")
     assert out["metadata"]["namespace"] == "ns"
-    result = mutate_pod({"kind": "Pod"}, "ns", annotated_sa(), config(status_annotation=False))
+    result = mutate({"kind": "Pod"}, "ns", annotated_sa(), config(status_annotation=False))
     assert apply({"kind": "Pod"}, result)["metadata"] == {"namespace": "ns"}
-    result = mutate_pod({"kind": "Pod"}, "ns", annotated_sa(), config())
+    result = mutate({"kind": "Pod"}, "ns", annotated_sa(), config())
     assert set(apply({"kind": "Pod"}, result)["metadata"]["annotations"]) == {"wi-webhook/status"}
 
 
@@ -533,8 +545,12 @@ def test_null_lists_are_treated_as_absent() -> None:
     assert env_names(out["spec"]["containers"][0]) == FOUR and len(out["spec"]["volumes"]) == 1
 
 
-def test_token_file_constant_matches_mount() -> None:
-    assert TOKEN_FILE_PATH == "/var/run/secrets/azure/wi/token/azure-identity-token"
+def test_token_file_env_names_the_projected_token_where_it_is_mounted() -> None:
+    out, _ = mutated(pod())
+    container = out["spec"]["containers"][0]
+    mount = container["volumeMounts"][0]["mountPath"]
+    token_path = volume(out)["projected"]["sources"][0]["serviceAccountToken"]["path"]
+    assert env_of(container)["AZURE_FEDERATED_TOKEN_FILE"] == f"{mount}/{token_path}" == TOKEN_FILE_PATH
 
 
 # Bad shapes are denials that name the field, never exceptions ----------------------------------------------------
@@ -557,7 +573,7 @@ def test_token_file_constant_matches_mount() -> None:
     ({"spec": {"hostNetwork": "yes"}}, "spec.hostNetwork must be a boolean"),
 ])
 def test_bad_shapes_denied_with_field(bad: Any, field: str) -> None:
-    result = mutate_pod(bad, "ns", annotated_sa(), config())
+    result = mutate(bad, "ns", annotated_sa(), config())
     assert result.denial is not None and result.denial.code == 400
     assert field in result.denial.message and result.denial.message.startswith("couldn't decode pod")
 
@@ -573,7 +589,7 @@ def test_status_annotation_records_what_was_injected() -> None:
     out, result = mutated(pod(annotations={"keep": "me"}), cfg=config(webhook_version="1.2.3"))
     assert out["metadata"]["annotations"]["keep"] == "me"
     status = orjson.loads(out["metadata"]["annotations"]["wi-webhook/status"])
-    assert status == {"version": "1.2.3", "env": FOUR, "volume": result.volume_name,
+    assert status == {"version": "1.2.3", "env": FOUR, "volume": volume(out)["name"],
                       "mountPath": "/var/run/secrets/azure/wi", "serviceAccount": "sa",
                       "annotationsHash": status["annotationsHash"]}
     assert len(status["annotationsHash"]) == 12
@@ -587,7 +603,7 @@ def test_status_hash_follows_service_account_annotations() -> None:
     assert orjson.loads(first["metadata"]["annotations"]["wi-webhook/status"])["annotationsHash"] != \
         orjson.loads(second["metadata"]["annotations"]["wi-webhook/status"])["annotationsHash"]
     # A stale status (SA edited, pod re-admitted) is replaced, not duplicated.
-    result = mutate_pod(first, "ns", annotated_sa(client_id="11111111-1111-1111-1111-111111111111"), config())
+    result = mutate(first, "ns", annotated_sa(client_id="11111111-1111-1111-1111-111111111111"), config())
     assert [op["op"] for op in result.patch if "status" in op["path"]] == ["replace"]
 
 
@@ -610,7 +626,7 @@ def test_every_container_of_a_long_list_is_injected() -> None:
     out, result = mutated(pod(containers=containers("c", 70), init=containers("i", 40)))
     for container in out["spec"]["containers"] + out["spec"]["initContainers"]:
         assert env_names(container) == ["A", *FOUR]
-        assert [mount["name"] for mount in container["volumeMounts"]] == [result.volume_name]
+        assert [mount["name"] for mount in container["volumeMounts"]] == [volume(out)["name"]]
     assert len(result.injected_containers) == 110
 
 
@@ -620,18 +636,29 @@ def test_pods_of_one_service_account_get_their_own_expiration_and_volume_name() 
     account, cfg = annotated_sa(), config()
     for name, expiration in [("a", None), ("b", "7200"), ("c", None), ("d", "86400"), ("e", "7200"), ("a", None)]:
         annotations = {} if expiration is None else {f"{WI}/service-account-token-expiration": expiration}
-        out, result = mutated(pod(name, annotations=annotations), sa_info=account, cfg=cfg)
+        out, _ = mutated(pod(name, annotations=annotations), sa_info=account, cfg=cfg)
         token = volume(out)["projected"]["sources"][0]["serviceAccountToken"]
         assert token["expirationSeconds"] == int(expiration or 3600)
-        assert volume(out)["name"] == result.volume_name == volume_name_for(name)
-        assert out["spec"]["containers"][0]["volumeMounts"][0]["name"] == result.volume_name
+        assert volume(out)["name"] == volume_name_for(name)
+        assert out["spec"]["containers"][0]["volumeMounts"][0]["name"] == volume_name_for(name)
 
 
 def test_an_empty_request_namespace_falls_back_to_the_pods_own() -> None:
     """The API server always sets request.namespace; for a hand-made review without it (`mutate`, tests) we use
-    the pod's metadata.namespace rather than deny as the reference would (documented in pod_ref)."""
+    the pod's metadata.namespace rather than deny as the reference would (documented in read_pod)."""
     obj = pod(namespace="team-a")
-    assert pod_ref(obj, "").namespace == "team-a"
-    result = mutate_pod(obj, "", annotated_sa(), config())
+    assert ref_of(obj, "").namespace == "team-a"
+    result = mutate(obj, "", annotated_sa(), config())
     assert result.denial is None and not [op for op in result.patch if op["path"].startswith("/metadata/namespace")]
-    assert pod_ref(pod(namespace=None), "").namespace == ""
+    assert ref_of(pod(namespace=None), "").namespace == ""
+
+
+def test_readme_env_table_is_what_gets_injected() -> None:
+    """The README's env table lists every env var `env_to_inject` can give a container, in its order: a new one
+    fails here until the table has its row."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| Env var | Value |", 1)[1].split("\n\n", 1)[0]
+    documented = [name for line in table.splitlines()[2:] for name in re.findall(r"`(AZURE_\w+)`", line.split("|")[1])]
+    everything = annotated_sa(**{f"{WI}/tenant-id": TENANT})
+    cfg = custom_config(token_proxy="https://proxy", sni_name="sni", ca_data="pem")
+    assert documented == list(env_to_inject(everything, cfg, custom_active=True))

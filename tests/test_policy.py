@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import CLIENT, annotated_sa, config, pod, sa
-from webhook.policy.evaluate import (
-    RULES,
-    Mode,
-    NamespaceInfo,
-    Policy,
-    PolicyError,
-    admission_warnings,
-    admit,
-    check_service_account,
-    namespace_overrides,
-    parse_policy,
-    rule_id,
-)
+from tests.support import CLIENT, annotated_sa, config, decide, pod, sa
+from webhook.core.model import NamespaceInfo
+from webhook.policy.evaluate import admission_warnings, check_service_account, namespace_overrides
+from webhook.policy.rules import RULES, Mode, Rule, rule_id
+from webhook.policy.schema import Policy, PolicyError, parse_policy
 
 WI = "azure.workload.identity"
 
 
 def rules_of(decision: Any) -> dict[str, Mode]:
-    return {f.rule: f.mode for f in decision.findings}
+    return {f.rule_id: f.mode for f in decision.findings}
 
 
 def test_clean_pod_has_no_findings() -> None:
-    decision = admit(pod(), "ns", annotated_sa(), config())
+    decision = decide(pod(), "ns", annotated_sa(), config())
     assert decision.findings == [] and decision.denial is None and decision.result.patch
 
 
 def test_wi001_missing_client_id_warns_by_default() -> None:
-    decision = admit(pod(), "ns", sa(), config())
+    decision = decide(pod(), "ns", sa(), config())
     assert rules_of(decision) == {"WI001": Mode.WARN}
     assert decision.denial is None and decision.result.patch  # still mutated, like the reference
     assert decision.warnings == [f"WI001 missing-client-id: ServiceAccount ns/sa has no {WI}/client-id; "
@@ -42,14 +35,14 @@ def test_wi001_missing_client_id_warns_by_default() -> None:
 
 
 def test_wi002_invalid_client_id() -> None:
-    decision = admit(pod(), "ns", annotated_sa(client_id="my-app"), config())
+    decision = decide(pod(), "ns", annotated_sa(client_id="my-app"), config())
     assert rules_of(decision) == {"WI002": Mode.WARN}
 
 
 def test_wi003_invalid_tenant_from_annotation_or_config() -> None:
-    assert rules_of(admit(pod(), "ns", annotated_sa(**{f"{WI}/tenant-id": "contoso"}), config())) == \
+    assert rules_of(decide(pod(), "ns", annotated_sa(**{f"{WI}/tenant-id": "contoso"}), config())) == \
         {"WI003": Mode.WARN}
-    assert rules_of(admit(pod(), "ns", annotated_sa(), config(tenant_id="contoso.onmicrosoft.com"))) == \
+    assert rules_of(decide(pod(), "ns", annotated_sa(), config(tenant_id="contoso.onmicrosoft.com"))) == \
         {"WI003": Mode.WARN}
 
 
@@ -58,15 +51,15 @@ IDENTITIES = {"identities": [{"clientId": CLIENT, "namespaces": ["team-a", "team
 
 def test_wi004_identity_allow_list_enforced() -> None:
     policy = parse_policy(IDENTITIES)
-    allowed = admit(pod(sa_name="api"), "team-a-dev", annotated_sa(name="api", namespace="team-a-dev"), config(),
+    allowed = decide(pod(sa_name="api"), "team-a-dev", annotated_sa(name="api", namespace="team-a-dev"), config(),
                     policy)
     assert allowed.findings == [] and allowed.denial is None
-    denied = admit(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), policy)
+    denied = decide(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), policy)
     assert denied.denial is not None and denied.denial.code == 403
     assert denied.denial.message.startswith(f"WI004 identity-not-allowed: ServiceAccount team-b/api may not use "
                                             f"identity {CLIENT}")
     assert "fix:" in denied.denial.message and denied.result.patch == []
-    other_sa = admit(pod(sa_name="worker"), "team-a", annotated_sa(name="worker", namespace="team-a"), config(),
+    other_sa = decide(pod(sa_name="worker"), "team-a", annotated_sa(name="worker", namespace="team-a"), config(),
                      policy)
     assert rules_of(other_sa) == {"WI004": Mode.ENFORCE}
 
@@ -76,8 +69,8 @@ def test_wi005_env_conflict_only_for_different_literal_values() -> None:
                   {"name": "same", "image": "x", "env": [{"name": "AZURE_CLIENT_ID", "value": CLIENT}]},
                   {"name": "ref", "image": "x", "env": [{"name": "AZURE_TENANT_ID", "valueFrom": {
                       "configMapKeyRef": {"name": "c", "key": "k"}}}]}]
-    decision = admit(pod(containers=containers), "ns", annotated_sa(), config())
-    assert [(f.rule, f.container) for f in decision.findings] == [("WI005", "app")]
+    decision = decide(pod(containers=containers), "ns", annotated_sa(), config())
+    assert [(f.rule_id, f.container) for f in decision.findings] == [("WI005", "app")]
 
 
 @pytest.mark.parametrize("proxy", [False, True])
@@ -93,23 +86,23 @@ def test_wi005_in_pod_order_for_every_kept_entry_and_never_for_skipped_container
     containers = [{"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}, *env("one", "two")]},
                   {"name": "skipped", "image": "x", "env": env("three")}]
     init = [{"name": "init", "image": "x", "env": env("zero")}]
-    decision = admit(pod(containers=containers, init=init, annotations=annotations), "ns", annotated_sa(), config())
-    assert [(f.rule, f.container, f.message.split("=")[1].split(";")[0]) for f in decision.findings] == [
+    decision = decide(pod(containers=containers, init=init, annotations=annotations), "ns", annotated_sa(), config())
+    assert [(f.rule_id, f.container, f.message.split("=")[1].split(";")[0]) for f in decision.findings] == [
         ("WI005", "init", "'zero'"), ("WI005", "app", "'one'"), ("WI005", "app", "'two'")]
     assert decision.result.kept_env == [("init", "AZURE_CLIENT_ID", "zero"), ("app", "AZURE_CLIENT_ID", "one"),
                                         ("app", "AZURE_CLIENT_ID", "two")]
 
 
 def test_wi006_unknown_skip_container() -> None:
-    decision = admit(pod(annotations={f"{WI}/skip-containers": "sidecar;app2"}), "ns", annotated_sa(), config())
-    assert sorted(f.container for f in decision.findings if f.rule == "WI006") == ["app2", "sidecar"]
-    decision = admit(pod(annotations={f"{WI}/skip-containers": "azwi-proxy"}), "ns", annotated_sa(), config())
+    decision = decide(pod(annotations={f"{WI}/skip-containers": "sidecar;app2"}), "ns", annotated_sa(), config())
+    assert sorted(f.container for f in decision.findings if f.rule_id == "WI006") == ["app2", "sidecar"]
+    decision = decide(pod(annotations={f"{WI}/skip-containers": "azwi-proxy"}), "ns", annotated_sa(), config())
     assert decision.findings == []
 
 
 def test_wi007_reference_range_always_denied_even_when_off() -> None:
     policy = parse_policy({"modes": {"WI007": "off"}})
-    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "60"}), "ns", annotated_sa(),
+    decision = decide(pod(annotations={f"{WI}/service-account-token-expiration": "60"}), "ns", annotated_sa(),
                      config(), policy)
     assert decision.denial is not None and "between 3600 and 86400" in decision.denial.message
     assert rules_of(decision) == {"WI007": Mode.ENFORCE}
@@ -117,42 +110,42 @@ def test_wi007_reference_range_always_denied_even_when_off() -> None:
 
 def test_wi007_stricter_policy_bounds() -> None:
     policy = parse_policy({"tokenExpiration": {"max": 7200}})
-    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
+    decision = decide(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
                      config(), policy)
     assert decision.denial is not None and "WI007 token-expiration" in decision.denial.message
     warn = parse_policy({"tokenExpiration": {"max": 7200}, "modes": {"token-expiration": "warn"}})
-    decision = admit(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
+    decision = decide(pod(annotations={f"{WI}/service-account-token-expiration": "86400"}), "ns", annotated_sa(),
                      config(), warn)
     assert decision.denial is None and rules_of(decision) == {"WI007": Mode.WARN}
 
 
 def test_wi008_namespace_rules() -> None:
     deny = parse_policy({"namespaces": {"deny": ["kube-*"]}})
-    assert admit(pod(), "kube-public", annotated_sa(namespace="kube-public"), config(), deny).denial is not None
-    assert admit(pod(), "apps", annotated_sa(namespace="apps"), config(), deny).denial is None
+    assert decide(pod(), "kube-public", annotated_sa(namespace="kube-public"), config(), deny).denial is not None
+    assert decide(pod(), "apps", annotated_sa(namespace="apps"), config(), deny).denial is None
     allow = parse_policy({"namespaces": {"allow": ["prod-*"]}})
-    assert rules_of(admit(pod(), "dev", annotated_sa(namespace="dev"), config(), allow)) == {"WI008": Mode.ENFORCE}
-    assert admit(pod(), "prod-1", annotated_sa(namespace="prod-1"), config(), allow).findings == []
+    assert rules_of(decide(pod(), "dev", annotated_sa(namespace="dev"), config(), allow)) == {"WI008": Mode.ENFORCE}
+    assert decide(pod(), "prod-1", annotated_sa(namespace="prod-1"), config(), allow).findings == []
 
 
 def test_wi009_missing_service_account_always_enforced() -> None:
     with pytest.raises(PolicyError, match=r"modes\.WI009: WI009's mode is fixed at enforce"):
         parse_policy({"modes": {"WI009": "off"}})
     namespace = NamespaceInfo("ns", labels={"wi-webhook/off": "all"})
-    decision = admit(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "enforce"}}),
+    decision = decide(pod(sa_name="ghost"), "ns", None, config(), parse_policy({"modes": {"WI009": "enforce"}}),
                      namespace)
     assert decision.denial is not None and decision.denial.message == 'serviceaccounts "ghost" not found'
     assert rules_of(decision) == {"WI009": Mode.ENFORCE}
 
 
 def test_wi010_nothing_injected() -> None:
-    decision = admit(pod(annotations={f"{WI}/skip-containers": "app"}), "ns", annotated_sa(), config())
+    decision = decide(pod(annotations={f"{WI}/skip-containers": "app"}), "ns", annotated_sa(), config())
     assert rules_of(decision) == {"WI010": Mode.WARN}
 
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_every_mode(mode: Mode) -> None:
-    decision = admit(pod(), "ns", sa(), config(), parse_policy({"modes": {"missing-client-id": mode.value}}))
+    decision = decide(pod(), "ns", sa(), config(), parse_policy({"modes": {"missing-client-id": mode.value}}))
     if mode is Mode.OFF:
         assert decision.findings == [] and decision.denial is None
     elif mode is Mode.ENFORCE:
@@ -168,21 +161,21 @@ def test_every_mode(mode: Mode) -> None:
 def test_namespace_label_overrides_policy_and_defaults() -> None:
     namespace = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI001.WI002", "wi-webhook/audit": "WI010"})
     assert namespace_overrides(namespace) == {"WI001": Mode.ENFORCE, "WI002": Mode.ENFORCE, "WI010": Mode.AUDIT}
-    decision = admit(pod(), "ns", sa(), config(), Policy(), namespace)
+    decision = decide(pod(), "ns", sa(), config(), Policy(), namespace)
     assert decision.denial is not None and "WI001" in decision.denial.message
     off = NamespaceInfo("ns", annotations={"wi-webhook/off": "all"})
-    assert admit(pod(), "ns", sa(), config(), Policy(), off).findings == []
+    assert decide(pod(), "ns", sa(), config(), Policy(), off).findings == []
     ignored = parse_policy({"namespaceOverrides": False})
-    assert admit(pod(), "ns", sa(), config(), ignored, namespace).denial is None
+    assert decide(pod(), "ns", sa(), config(), ignored, namespace).denial is None
 
 
 def test_namespace_override_cannot_weaken_reference_denials() -> None:
     namespace = NamespaceInfo("ns", labels={"wi-webhook/off": "all"})
-    assert admit(pod(sa_name="ghost"), "ns", None, config(), Policy(), namespace).denial is not None
+    assert decide(pod(sa_name="ghost"), "ns", None, config(), Policy(), namespace).denial is not None
 
 
 def test_warnings_are_bounded() -> None:
-    from webhook.policy.evaluate import Finding
+    from webhook.policy.rules import Finding
 
     findings = [Finding("WI006", Mode.WARN, "x" * 300) for _ in range(100)]
     warnings = admission_warnings(findings)
@@ -211,29 +204,55 @@ def test_policy_file_errors_name_the_key() -> None:
         parse_policy(["x"])
 
 
-def test_rule_catalogue_is_complete() -> None:
-    assert list(RULES) == [f"WI{i:03d}" for i in range(1, 14)]
-    assert all(rule.fix for rule in RULES.values())
+def _readme_rule_rows() -> list[list[str]]:
+    section = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split("\n## Policy", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if re.match(r"\| WI\d{3} ", line)]
+
+
+def _what_it_checks(rule: Rule) -> str:
+    places = []
+    if rule.checks("on_pod") or rule.denial_reason:
+        places.append("pods")
+    if rule.checks("on_service_account"):
+        places.append("ServiceAccounts")
+    if rule.checks("on_workload"):
+        places.append("workload manifests (`check`)")
+    if rule.checks("on_running_pod"):
+        places.append("running pods (`check --cluster`)")
+    return ", ".join(places)
+
+
+def test_readme_rule_table_is_the_rules() -> None:
+    """The README's table lists every rule, in order, with its name, default mode and what it checks; a new rule
+    fails here until its row is written."""
+    rows = _readme_rule_rows()
+    assert [(row[0], row[1]) for row in rows] == [(rule.id, rule.name) for rule in RULES.values()]
+    for row, rule in zip(rows, RULES.values(), strict=True):
+        assert row[2].split()[0] == rule.default.value, row
+        assert row[3] == _what_it_checks(rule), row
+        assert rule.fix, rule.id
 
 
 def test_service_account_validation() -> None:
     bad = annotated_sa(client_id="oops", **{f"{WI}/tenant-id": "t", f"{WI}/service-account-token-expiration": "1h"})
-    findings = check_service_account(bad, config())
-    assert {(f.rule, f.mode) for f in findings} == {("WI002", Mode.WARN), ("WI003", Mode.WARN),
+    findings = check_service_account(bad)
+    assert {(f.rule_id, f.mode) for f in findings} == {("WI002", Mode.WARN), ("WI003", Mode.WARN),
                                                     ("WI007", Mode.ENFORCE)}
-    assert check_service_account(annotated_sa(), config()) == []
-    assert check_service_account(sa(), config()) == []  # no client-id is not a ServiceAccount error
+    assert check_service_account(annotated_sa()) == []
+    assert check_service_account(sa()) == []  # no client-id is not a ServiceAccount error
 
 
 def test_namespace_labels_cannot_weaken_access_rules() -> None:
     policy = parse_policy({**IDENTITIES, "namespaces": {"deny": ["locked"]}})
     sneaky = NamespaceInfo("locked", labels={"wi-webhook/off": "all"})
-    denied = admit(pod(sa_name="api"), "locked", annotated_sa(name="api", namespace="locked"), config(), policy,
+    denied = decide(pod(sa_name="api"), "locked", annotated_sa(name="api", namespace="locked"), config(), policy,
                    sneaky)
-    assert denied.denial is not None and {f.rule for f in denied.findings} >= {"WI004", "WI008"}
+    assert denied.denial is not None and {f.rule_id for f in denied.findings} >= {"WI004", "WI008"}
     warn = parse_policy({**IDENTITIES, "modes": {"WI004": "warn"}})
     stricter = NamespaceInfo("team-b", labels={"wi-webhook/enforce": "WI004"})
-    decision = admit(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), warn,
+    decision = decide(pod(sa_name="api"), "team-b", annotated_sa(name="api", namespace="team-b"), config(), warn,
                      stricter)
     assert decision.denial is not None  # making a rule stricter is always allowed
 

@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 
 from webhook.certificates import generate as certs
-from webhook.certificates.rotation import CertRotator, RotationSettings, parse_duration, plan_bundle
+from webhook.certificates.rotation import CertRotator, RotationSettings, plan_bundle
+from webhook.cli.config import parse_duration
 
 HOSTS = ["svc.ns.svc", "svc.ns.svc.cluster.local"]
 DAY = 86400.0

@@ -243,3 +243,52 @@ def test_body_budget_waits_in_order_and_gives_up_after_its_timeout() -> None:
         assert budget.used == 0 and await budget.acquire(10, 0.01)
 
     asyncio.run(scenario())
+
+
+def test_a_bug_answering_a_review_gives_an_admission_review_not_a_bare_500(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any exception from the handler (a bug) still answers 200 with an AdmissionReview denying with status 500 and
+    the review's uid, is logged with its traceback and the uid, and counts as an `error`."""
+    import asyncio
+    import logging
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tests.support import config
+    from webhook.core.constants import MUTATE_PATH
+    from webhook.serving.handler import AdmissionHandler
+    from webhook.serving.server import webhook_app
+    from webhook.sources.serviceaccounts import StaticServiceAccounts
+
+    handler = AdmissionHandler(config(), StaticServiceAccounts([]))
+
+    async def broken(body: bytes) -> bytes:
+        raise RuntimeError("a bug in the core")
+
+    monkeypatch.setattr(handler, "review", broken)
+
+    def errors() -> float:
+        return handler.metrics.registry.get_sample_value(
+            "wi_webhook_admission_requests_total", {"decision": "error", "namespace": ""}) or 0.0
+
+    async def post() -> tuple[int, str, bytes]:
+        async with TestClient(TestServer(webhook_app(handler, 1 << 20))) as client:
+            response = await client.post(MUTATE_PATH, data=review(pod(), uid="uid-bug"),
+                                         headers={"Content-Type": "application/json"})
+            return response.status, response.content_type, await response.read()
+
+    before = errors()
+    with caplog.at_level(logging.ERROR, logger="webhook"):
+        status, content_type, body = asyncio.run(post())
+    assert status == 200 and content_type == "application/json"
+    answer = orjson.loads(body)
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == "uid-bug" and response["allowed"] is False
+    assert response["status"]["code"] == 500
+    assert "uid-bug" in response["status"]["message"] and "see the webhook's log" in response["status"]["message"]
+    [record] = [r for r in caplog.records if r.exc_info is not None]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+    assert record.uid == "uid-bug"  # type: ignore[attr-defined]
+    assert "a bug in the core" in caplog.text  # the traceback
+    assert errors() == before + 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -24,20 +23,6 @@ from cryptography.hazmat.primitives import serialization
 from webhook.certificates import generate as certs
 
 log = logging.getLogger("rotation")
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-
-
-def parse_duration(text: str) -> float:
-    """A Go-style duration (`12h`, `90m`, `1h30m`, `45s`) or a plain number of seconds, as seconds."""
-    value = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    if not value or not re.fullmatch(rf"(?:{_DURATION.pattern})+", value):
-        raise ValueError(f"{text!r} is not a duration; use e.g. 12h, 90m, 1h30m or 45s")
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[unit] for n, unit in _DURATION.findall(value))
-
 
 @dataclass(frozen=True)
 class RotationSettings:

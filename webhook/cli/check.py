@@ -18,8 +18,8 @@ import orjson
 import yaml
 
 from webhook.cli.check_workloads import Report
-from webhook.cli.config import MutationConfig
 from webhook.cli.errors import UsageError, one_line, require_stdin
+from webhook.core.model import MutationConfig
 from webhook.policy.file import PolicyFile
 from webhook.sources.kubeclient import REQUEST_TIMEOUT, api_client, reaching
 from webhook.sources.manifests import ManifestError, load
@@ -29,7 +29,7 @@ from webhook.sources.serviceaccounts import StaticServiceAccounts
 def run_check_command(args: argparse.Namespace, config: MutationConfig | None, policy: PolicyFile,
                       version: str) -> int:
     """Run the check and print the report; `config` is None for `--cluster` (running pods are not mutated)."""
-    from webhook.cli.check_workloads import render_json, render_junit, render_sarif, render_text
+    from webhook.cli.check_output import render_json, render_junit, render_sarif, render_text
 
     report: Report
     if args.cluster:

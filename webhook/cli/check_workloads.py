@@ -2,10 +2,10 @@
 
 Workloads (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob) are turned
 into the pod the API server would admit from their template (named by `generateName`, as controllers do) and
-passed to `policy.admit` exactly as `serve` does. ServiceAccounts in the input are checked too (WI002/WI003/WI007,
-what the optional ServiceAccount validator enforces). One extra rule only `check` can see: WI011, the opt-in
-label on the workload object but not on its pod template (the webhook never sees it there; reference #691/#1185).
-Like every rule, its mode comes from the policy file and namespace labels.
+passed to `admit` exactly as `serve` does. ServiceAccounts in the input get the rules the optional ServiceAccount
+validator runs (`on_service_account`), and workloads the rules only `check` can see (`on_workload`: the opt-in label
+on the workload object but not on its pod template, reference #691/#1185). Like every rule, their modes come from
+the policy file and namespace labels. The report formats are in cli/check_output.py.
 
 Exit codes (gator-style): 0 no enforce finding, 1 an enforce finding or a denial (or a warning with
 --warnings-as-errors), 2 usage or input error, including input that holds nothing to check (webhook/cli/check.py).
@@ -17,26 +17,18 @@ annotations understand), never the 0-based document index.
 from __future__ import annotations
 
 import copy
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
-import orjson
 
-from webhook.cli.config import MutationConfig
-from webhook.core.constants import STATUS_ANNOTATION, USE_LABEL
-from webhook.core.mutation import ServiceAccountInfo, annotations_hash
-from webhook.policy.evaluate import (
-    RULES,
-    Mode,
-    NamespaceInfo,
-    Policy,
-    admit,
-    check_service_account,
-    namespace_overrides,
-)
+from webhook.core.constants import USE_LABEL
+from webhook.core.model import Denial, MutationConfig, NamespaceInfo, ServiceAccountInfo
+from webhook.core.shape import read_pod
+from webhook.policy.evaluate import admit, check_running_pod, check_service_account, check_workload
+from webhook.policy.rules import RULES, Finding, Mode, RunningPod, WorkloadUnderCheck, was_injected
+from webhook.policy.schema import DEFAULT_POLICY, Policy
 from webhook.sources.manifests import Manifest, service_account_info
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -68,10 +60,6 @@ class Item:
     name: str
     container: str
     message: str
-
-    @property
-    def rule_name(self) -> str:
-        return RULES[self.rule].name if self.rule in RULES else "denied"
 
     @property
     def location(self) -> str:
@@ -146,9 +134,8 @@ def pod_from_workload(manifest: Manifest, namespace: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": copy.deepcopy(template["spec"])}
 
 
-def _label_on(obj: Any) -> bool:
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
-    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+def _labelled(obj: dict[str, Any]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels")
     return isinstance(labels, dict) and labels.get(USE_LABEL) == "true"
 
 
@@ -169,45 +156,44 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
             raise CheckInputError(f"{manifest.source}: document {manifest.index + 1} (line {manifest.line}, {kind}): "
                                   "metadata must be a mapping")
         namespace = str(metadata.get("namespace") or default_namespace)
-
-        def item(rule: str, mode: str, message: str, container: str = "", where: Manifest = manifest,
-                 ns: str = namespace, kind: str = kind, name: str = _name(obj)) -> Item:
-            return Item(rule, mode, where.source, where.index, where.line, kind, ns, name, container, message)
-
-        if kind == "ServiceAccount" or kind in WORKLOAD_KINDS:
-            report.checked.append((manifest.source, manifest.line, kind, namespace, _name(obj)))
-        if kind == "ServiceAccount":
-            sa = service_account_info(obj, namespace)
-            for finding in check_service_account(sa, config, policy, find_namespace(namespace)):
-                report.findings.append(item(finding.rule, finding.mode.value, finding.message))
+        if kind != "ServiceAccount" and kind not in WORKLOAD_KINDS:
             continue
-        if kind not in WORKLOAD_KINDS:
+        report.checked.append((manifest.source, manifest.line, kind, namespace, _name(obj)))
+
+        def add(finding: Finding, message: str = "", where: Manifest = manifest, ns: str = namespace,
+                kind: str = kind, name: str = _name(obj)) -> None:
+            report.findings.append(Item(finding.rule_id, finding.mode.value, where.source, where.index, where.line,
+                                        kind, ns, name, finding.container, message or finding.message))
+
+        namespace_info = find_namespace(namespace)
+        if kind == "ServiceAccount":
+            for finding in check_service_account(service_account_info(obj, namespace), policy, namespace_info):
+                add(finding)
             continue
         report.workloads += 1
         pod = pod_from_workload(manifest, namespace)
-        if not _label_on(pod):
-            template = pod  # the label on the workload object (or a Job's) is never seen by the webhook
-            label_mode = _mode(policy, "WI011", find_namespace(namespace))
-            if kind != "Pod" and _label_on(obj) and label_mode is not Mode.OFF:
-                report.findings.append(item("WI011", label_mode.value, f"{kind} {_name(obj)} has the {USE_LABEL} "
-                                            "label but its pod template does not: pods will not get a workload "
-                                            f"identity ({RULES['WI011'].fix})"))
+        for finding in check_workload(WorkloadUnderCheck(obj, kind, _name(obj), pod), policy, namespace_info):
+            add(finding)
+        if not _labelled(pod):  # the webhook's objectSelector never sends it
             if show_mutated:
-                report.mutated.append(template)
+                report.mutated.append(pod)
             continue
-        spec = pod.get("spec") or {}
-        sa_name = str(spec.get("serviceAccountName") or "default") if isinstance(spec, dict) else "default"
-        decision = admit(pod, namespace, find_sa(namespace, sa_name), config, policy, find_namespace(namespace))
+        ref = read_pod(pod, namespace)
+        if isinstance(ref, Denial):
+            report.denied += 1
+            add(Finding("WI000", Mode.ENFORCE, ref.message))
+            continue
+        decision = admit(pod, ref, find_sa(namespace, ref.service_account), config, policy, namespace_info)
         for finding in decision.findings:
-            message = finding.message
-            if finding.rule == "WI009":
-                message = (f"ServiceAccount {namespace}/{sa_name} not found (looked in {searched}); fix: "
-                           f"{RULES['WI009'].fix}")
-            report.findings.append(item(finding.rule, finding.mode.value, message, finding.container))
-        if decision.denial is not None:
+            if finding.rule_id == "WI009":
+                add(finding, f"ServiceAccount {namespace}/{ref.service_account} not found (looked in {searched}); "
+                             f"fix: {RULES['WI009'].fix}")
+            else:
+                add(finding)
+        if decision.result.denial is not None:
             report.denied += 1
             if not decision.findings:  # a denial without a rule (e.g. bad proxy port): still report it
-                report.findings.append(item("WI000", Mode.ENFORCE.value, decision.denial.message))
+                add(Finding("WI000", Mode.ENFORCE, decision.result.denial.message))
             continue
         report.injected += 1
         if show_mutated:
@@ -215,51 +201,26 @@ def run_check(manifests: list[Manifest], config: MutationConfig, policy: Policy,
     return report
 
 
-def _mode(policy: Policy, rule: str, namespace: NamespaceInfo | None) -> Mode:
-    overrides = namespace_overrides(namespace) if policy.namespace_overrides else {}
-    return policy.mode_for(rule, overrides)
-
-
 def check_running_pods(pods: list[dict[str, Any]],
-                       find_sa: Callable[[str, str], ServiceAccountInfo | None], policy: Policy | None = None,
+                       find_sa: Callable[[str, str], ServiceAccountInfo | None], policy: Policy = DEFAULT_POLICY,
                        find_namespace: Callable[[str], NamespaceInfo | None] = lambda _: None) -> Report:
-    """`check --cluster`: running pods that opted in but were not injected (WI013), or whose ServiceAccount's
-    identity annotations changed since injection (WI012, from the `wi-webhook/status` hash)."""
-    policy = policy or Policy()
+    """`check --cluster`: the rules that look at running pods (not injected, stale identity) on every pod that
+    opted in."""
     report = Report()
     for pod in pods:
-        metadata = pod.get("metadata") or {}
-        labels, annotations = metadata.get("labels") or {}, metadata.get("annotations") or {}
-        if labels.get(USE_LABEL) != "true":
+        if not _labelled(pod):
             continue
+        metadata = pod.get("metadata") or {}
         namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
         sa_name = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
         report.workloads += 1
         report.checked.append((CLUSTER, 1, "Pod", namespace, name))
-        namespace_info = find_namespace(namespace)
-
-        def add(rule: str, message: str, ns: str = namespace, pod_name: str = name,
-                ns_info: NamespaceInfo | None = namespace_info) -> None:
-            mode = _mode(policy, rule, ns_info)
-            if mode is not Mode.OFF:
-                report.findings.append(Item(rule, mode.value, CLUSTER, 0, 1, "Pod", ns, pod_name, "",
-                                            f"{message} ({RULES[rule].fix})"))
-
-        raw = annotations.get(STATUS_ANNOTATION)
-        if raw is None:
-            add("WI013", f"pod {namespace}/{name} has the {USE_LABEL} label but no workload identity was injected")
-            continue
-        report.injected += 1
-        try:
-            recorded = orjson.loads(raw).get("annotationsHash")
-        except (orjson.JSONDecodeError, AttributeError):
-            recorded = None
-        sa = find_sa(namespace, sa_name)
-        if sa is None:
-            add("WI012", f"ServiceAccount {namespace}/{sa_name} of pod {name} no longer exists")
-        elif recorded != annotations_hash(sa):
-            add("WI012", f"ServiceAccount {namespace}/{sa_name} changed its identity annotations after pod {name} "
-                         "was injected")
+        if was_injected(pod):
+            report.injected += 1
+        running = RunningPod(pod, namespace, name, sa_name, find_sa(namespace, sa_name))
+        for finding in check_running_pod(running, policy, find_namespace(namespace)):
+            report.findings.append(Item(finding.rule_id, finding.mode.value, CLUSTER, 0, 1, "Pod", namespace, name,
+                                        "", finding.message))
     return report
 
 
@@ -276,85 +237,3 @@ def _apply_to_workload(obj: dict[str, Any], pod: dict[str, Any], patch: list[dic
     metadata = {k: v for k, v in mutated_pod["metadata"].items() if k not in ("generateName", "namespace")}
     template["metadata"] = metadata
     return out
-
-
-# -- output formats ------------------------------------------------------------------------------------------
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def render_text(report: Report) -> str:
-    lines = [f"{f.location} {f.kind}/{f.namespace}/{f.name} {f.container or '-'} {f.rule} {f.mode} "
-             f"{f.message}" for f in report.findings]
-    s = report.summary()
-    lines.append(f"{plural(s['workloads'], 'workload')} checked: {s['injected']} injected, {s['denied']} denied, "
-                 f"{plural(s['warnings'], 'warning')}, {plural(len(report.findings), 'finding')}")
-    return "\n".join(lines) + "\n"
-
-
-def render_json(report: Report) -> str:
-    findings = [asdict(f) for f in report.findings]
-    body: dict[str, Any] = {"findings": findings, "summary": report.summary()}
-    if report.mutated:
-        body["mutated"] = report.mutated
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n"
-
-
-_SARIF_LEVEL = {"enforce": "error", "warn": "warning", "audit": "note"}
-
-
-def _rule_catalogue() -> Iterable[tuple[str, str, str, str, str]]:
-    for rule in RULES.values():
-        yield rule.id, rule.name, rule.fix, rule.default.value, rule.scope
-    yield "WI000", "denied", "fix the input named in the message", Mode.ENFORCE.value, "webhook"
-
-
-def render_sarif(report: Report, version: str) -> str:
-    rules = [{"id": rid, "name": name, "shortDescription": {"text": name.replace("-", " ")},
-              "help": {"text": fix}, "defaultConfiguration": {"level": _SARIF_LEVEL.get(mode, "warning")},
-              "properties": {"scope": scope}}
-             for rid, name, fix, mode, scope in _rule_catalogue()]
-    results = [{
-        "ruleId": f.rule,
-        "level": _SARIF_LEVEL.get(f.mode, "none"),
-        "message": {"text": f.message},
-        "locations": [{
-            "physicalLocation": {"artifactLocation": {"uri": f.file}, "region": {"startLine": max(f.line, 1)}},
-            "logicalLocations": [{"fullyQualifiedName": f"{f.kind}/{f.namespace}/{f.name}", "kind": "resource"}],
-        }],
-        "properties": {"mode": f.mode, "container": f.container, "document": f.document},
-    } for f in report.findings]
-    sarif = {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [{"tool": {"driver": {"name": "wi-webhook", "version": version or "0.0.0",
-                                      "informationUri": "https://azure.github.io/azure-workload-identity/",
-                                      "rules": rules}},
-                  "results": results}],
-    }
-    return orjson.dumps(sarif, option=orjson.OPT_INDENT_2).decode() + "\n"
-
-
-def render_junit(report: Report, warnings_as_errors: bool = False) -> str:
-    by_object: dict[tuple[str, int, str, str, str], list[Item]] = {key: [] for key in report.checked}
-    for f in report.findings:
-        by_object.setdefault((f.file, f.line, f.kind, f.namespace, f.name), []).append(f)
-    failing_modes = {"enforce", "warn"} if warnings_as_errors else {"enforce"}
-    suite = ET.Element("testsuite", name="wi-webhook check", tests=str(len(by_object)))
-    failures = 0
-    for (file, line, kind, namespace, name), items in by_object.items():
-        where = file if file == CLUSTER else f"{file}:{line}"
-        case = ET.SubElement(suite, "testcase", classname=f"{kind}.{namespace}", name=f"{where} {name}")
-        failing = [f for f in items if f.mode in failing_modes]
-        if failing:
-            failures += 1
-            failure = ET.SubElement(case, "failure", message="; ".join(f"{f.rule} {f.message}" for f in failing),
-                                    type=failing[0].rule)
-            failure.text = "\n".join(f"{f.rule} {f.mode} {f.container or '-'} {f.message}" for f in failing)
-        others = [f for f in items if f.mode not in failing_modes]
-        if others:
-            ET.SubElement(case, "system-out").text = "\n".join(f"{f.rule} {f.mode} {f.message}" for f in others)
-    suite.set("failures", str(failures))
-    root = ET.Element("testsuites", name="wi-webhook", tests=str(len(by_object)), failures=str(failures))
-    root.append(suite)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

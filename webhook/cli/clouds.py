@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PUBLIC_CLOUD_HOST = "https://login.microsoftonline.com/"
+from webhook.core.constants import PUBLIC_CLOUD_HOST
 
 _KNOWN_CLOUDS = {
     "AZUREPUBLICCLOUD": PUBLIC_CLOUD_HOST,

@@ -21,44 +21,11 @@ from webhook.core.constants import (
     DEFAULT_PROXY_IMAGE,
     DEFAULT_PROXY_INIT_IMAGE,
 )
+from webhook.core.model import CustomTokenEndpoint, MutationConfig
 
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; str() names the setting and the accepted values."""
-
-
-class CustomTokenEndpoint(BaseModel):
-    """The v1.6.0 "identity binding" mode: a second audience and CA projection, switched on per pod."""
-
-    model_config = ConfigDict(frozen=True)
-
-    annotation_key: str
-    audience: str
-    token_proxy: str = ""
-    sni_name: str = ""
-    ca_data: str = ""
-    ca_configmap_name: str = ""
-    ctb_signer_name: str = ""
-    ctb_label_selector: dict[str, Any] | None = None
-
-
-class MutationConfig(BaseModel):
-    """Everything the pure mutation core needs; built once at startup and shared read-only."""
-
-    model_config = ConfigDict(frozen=True)
-
-    tenant_id: str
-    authority_host: str = clouds.PUBLIC_CLOUD_HOST
-    audience: str = DEFAULT_AUDIENCE
-    proxy_image: str = DEFAULT_PROXY_IMAGE
-    proxy_init_image: str = DEFAULT_PROXY_INIT_IMAGE
-    log_level: str = ""
-    native_sidecar: bool = False
-    custom_endpoint: CustomTokenEndpoint | None = None
-    proxy_resources: dict[str, Any] | None = None
-    proxy_init_resources: dict[str, Any] | None = None
-    status_annotation: bool = True
-    webhook_version: str = ""
 
 
 ENV_NAMES = (
@@ -147,8 +114,6 @@ class ServeOptions(WebhookOptions):
     @field_validator("cert_check_rotation_interval", "cert_renew_before")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from webhook.certificates.rotation import parse_duration
-
         if parse_duration(value) <= 0:
             raise ValueError("must be a positive duration, e.g. 12h")
         return value
@@ -156,8 +121,6 @@ class ServeOptions(WebhookOptions):
     @field_validator("cert_ca_settle_delay")
     @classmethod
     def _settle_delay(cls, value: str) -> str:
-        from webhook.certificates.rotation import parse_duration
-
         if not 0 <= parse_duration(value) <= 600:
             raise ValueError("must be a duration from 0s to 10m, e.g. 10s")
         return value
@@ -167,6 +130,20 @@ class ServeOptions(WebhookOptions):
     def _addr(cls, value: str) -> str:
         parse_addr(value)
         return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """A Go-style duration (`12h`, `90m`, `1h30m`, `45s`) or a plain number of seconds, as seconds."""
+    value = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    if not value or not re.fullmatch(rf"(?:{_DURATION.pattern})+", value):
+        raise ValueError(f"{text!r} is not a duration; use e.g. 12h, 90m, 1h30m or 45s")
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[unit] for n, unit in _DURATION.findall(value))
 
 
 def parse_addr(value: str) -> tuple[str, int]:
@@ -232,34 +209,34 @@ def _custom_endpoint(options: WebhookOptions, env: Mapping[str, str]) -> CustomT
 
 
 def _label_selector(raw: str | None) -> dict[str, Any] | None:
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR: failed to decode LabelSelector: {exc}; "
-                          'expected JSON such as {"matchLabels":{"k":"v"}}') from exc
-    if not isinstance(value, dict) or set(value) - {"matchLabels", "matchExpressions"}:
-        raise ConfigError("AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR: failed to decode LabelSelector: expected a "
-                          "JSON object with only matchLabels and/or matchExpressions")
+    name = "AZURE_KUBERNETES_CA_CTB_LABEL_SELECTOR"
+    value = _json_setting(name, raw, 'failed to decode LabelSelector: not valid JSON ({error}); expected e.g. '
+                                     '{{"matchLabels":{{"k":"v"}}}}')
+    if value is not None and (not isinstance(value, dict) or set(value) - {"matchLabels", "matchExpressions"}):
+        raise ConfigError(f"{name}: failed to decode LabelSelector: expected a JSON object with only matchLabels "
+                          "and/or matchExpressions")
     return value
 
 
 def _resources(name: str, raw: str | None) -> dict[str, Any] | None:
     """Proxy container resources (improvement for reference #1441), as a JSON ResourceRequirements."""
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: not valid JSON ({exc}); expected e.g. "
-                          '{"requests":{"cpu":"10m","memory":"32Mi"},"limits":{"memory":"64Mi"}}') from exc
-    if not isinstance(value, dict) or set(value) - {"requests", "limits"} or not all(
-        isinstance(v, dict) and all(isinstance(q, str) for q in v.values()) for v in value.values()
-    ):
+    value = _json_setting(name, raw, 'not valid JSON ({error}); expected e.g. '
+                                     '{{"requests":{{"cpu":"10m","memory":"32Mi"}},"limits":{{"memory":"64Mi"}}}}')
+    if value is not None and (not isinstance(value, dict) or set(value) - {"requests", "limits"} or not all(
+            isinstance(v, dict) and all(isinstance(q, str) for q in v.values()) for v in value.values())):
         raise ConfigError(f"{name}: expected an object with only 'requests' and/or 'limits', each mapping a "
                           'resource name to a quantity string, e.g. {"requests":{"cpu":"10m"}}')
     return value
+
+
+def _json_setting(name: str, raw: str | None, problem: str) -> Any:
+    """The JSON value of setting `name` (None when unset or blank); ConfigError `name: problem` when it is not JSON."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {problem.format(error=exc)}") from exc
 
 
 def build_mutation_config(options: WebhookOptions, environ: Mapping[str, str], *, native_sidecar: bool,

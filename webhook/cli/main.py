@@ -29,7 +29,6 @@ from webhook.cli import logs
 from webhook.cli.arguments import build_parser
 from webhook.cli.config import (
     ConfigError,
-    MutationConfig,
     ServeOptions,
     WebhookOptions,
     build_mutation_config,
@@ -37,9 +36,11 @@ from webhook.cli.config import (
 )
 from webhook.cli.errors import UsageError, one_line, require_stdin
 from webhook.core.constants import MUTATE_PATH, NATIVE_SIDECAR_MIN_VERSION
-from webhook.core.mutation import pod_ref
-from webhook.policy.evaluate import PolicyError, admit
+from webhook.core.model import Denial, MutationConfig
+from webhook.core.shape import read_pod
+from webhook.policy.evaluate import admission_warnings, admit
 from webhook.policy.file import PolicyFile
+from webhook.policy.schema import PolicyError
 from webhook.sources.kubeclient import api_client
 from webhook.sources.manifests import ManifestError, load
 from webhook.sources.serviceaccounts import ClusterServiceAccounts, ServiceAccountSource, StaticServiceAccounts
@@ -106,7 +107,7 @@ def _api_client(kubeconfig: str | None) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     from webhook.serving.handler import AdmissionHandler
     from webhook.serving.metrics import Metrics
-    from webhook.serving.startup_probe import exit_past_stuck_threads
+    from webhook.serving.startup import exit_past_stuck_threads
 
     if args.version:
         print(package_version())
@@ -165,7 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def _check_listen_addresses(options: ServeOptions) -> None:
     """Name the flag whose address is taken, instead of an OSError from deep inside the server."""
     from webhook.cli.config import parse_addr
-    from webhook.serving.startup_report import bind_error
+    from webhook.serving.startup import bind_error
 
     wanted = [("--health-addr", options.health_addr, parse_addr(options.health_addr)),
               ("--metrics-addr", options.metrics_addr, parse_addr(options.metrics_addr)),
@@ -182,9 +183,9 @@ def _check_listen_addresses(options: ServeOptions) -> None:
 
 async def _serve_and_report(options: ServeOptions, handler: Any, rotator: Any, accounts_from: str,
                             probe: Callable[[], bool] | None) -> None:
-    """The server, with serving.startup_report's watcher beside it logging why it is not serving yet, then where it is
+    """The server, with serving.startup's watcher beside it logging why it is not serving yet, then where it is
     (one line per process: with --workers only worker 0 reports)."""
-    from webhook.serving import startup_report as startup
+    from webhook.serving import startup
     from webhook.serving.server import serve
 
     if options.worker_index:
@@ -227,7 +228,8 @@ def run_event_loop(main_coroutine: Coroutine[Any, Any, None], choice: str) -> No
 
 def _rotator(api: Any, options: ServeOptions) -> Any:
     from webhook.certificates.generate import service_hosts
-    from webhook.certificates.rotation import CertRotator, RotationSettings, parse_duration
+    from webhook.certificates.rotation import CertRotator, RotationSettings
+    from webhook.cli.config import parse_duration
 
     namespace = os.environ.get("POD_NAMESPACE") or "azure-workload-identity-system"
     return CertRotator(api, RotationSettings(
@@ -258,14 +260,13 @@ def run_mutate(args: argparse.Namespace) -> int:
         pod = manifest.obj
         metadata = pod.get("metadata")
         namespace = args.namespace or (metadata.get("namespace") if isinstance(metadata, dict) else None) or "default"
-        try:
-            ref = pod_ref(pod, namespace)
-        except ValueError as exc:
-            raise UsageError(f"{manifest.source}: {exc}") from None
-        decision = admit(pod, namespace, source.lookup(ref.namespace, ref.service_account).sa, config, policy,
+        ref = read_pod(pod, namespace)
+        if isinstance(ref, Denial):
+            raise UsageError(f"{manifest.source}: {ref.message}")
+        decision = admit(pod, ref, source.lookup(ref.namespace, ref.service_account).sa, config, policy,
                          source.namespace_now(ref.namespace))
         result = decision.result
-        for warning in decision.warnings:
+        for warning in admission_warnings(decision.findings):
             print(f"wi-webhook: {manifest.source}: pod {ref.name}: warning: {warning}", file=sys.stderr)
         if result.denial is not None:
             denied += 1

@@ -1,11 +1,11 @@
 """`wi-webhook verify`: diagnose a pod's workload identity from inside the pod, with azure-identity.
 
-Runs the checks in order and prints each as pass/fail with the fix: the four injected env vars; the token file
-(exists, readable by this user); the token's claims (decoded without verification: issuer, subject, audience,
-expiry); a real token acquisition with `WorkloadIdentityCredential`; optionally a Key Vault secret read. Entra ID
-errors are mapped to the classic mistakes (no matching federated credential, wrong client id, wrong tenant, clock
-skew, unreachable authority, missing role assignment). Exit 0 only when a token was obtained (and the optional
-Key Vault probe passed).
+Runs the checks in order and prints each as pass/fail with the fix: the env vars WorkloadIdentityCredential
+needs; the token file (exists, readable by this user); the token's claims (decoded without verification: issuer,
+subject, audience, expiry); a real token acquisition with `WorkloadIdentityCredential`; optionally a Key Vault
+secret read. Entra ID errors are mapped to the classic mistakes (no matching federated credential, wrong client id,
+wrong tenant, clock skew, unreachable authority, missing role assignment). Exit 0 only when a token was obtained (and
+the optional Key Vault probe passed).
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from webhook.core.constants import DEFAULT_AUDIENCE, INJECTED_ENV_NAMES
+from webhook.core.constants import (
+    DEFAULT_AUDIENCE,
+    ENV_AUTHORITY_HOST,
+    ENV_CLIENT_ID,
+    ENV_FEDERATED_TOKEN_FILE,
+    ENV_TENANT_ID,
+)
 
 DEFAULT_SCOPE = "https://management.azure.com/.default"
+# What WorkloadIdentityCredential needs: without any of these the token exchange cannot even be tried. (Other names
+# the webhook may inject, such as the custom token endpoint's, are optional.)
+REQUIRED_ENV = (ENV_CLIENT_ID, ENV_TENANT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_AUTHORITY_HOST)
 FIC_COMMAND = ("az identity federated-credential create --name <name> --identity-name <identity> "
                "--resource-group <resource-group> --issuer {issuer} --subject {subject} --audience {audience}")
 
@@ -110,13 +119,13 @@ def run_verify(env: Mapping[str, str], scope: str = DEFAULT_SCOPE, keyvault: str
     """Run the checks; the factories are seams for tests (the defaults build the real azure-identity and
     azure-keyvault-secrets clients)."""
     report = Report()
-    missing = [name for name in INJECTED_ENV_NAMES if not env.get(name)]
+    missing = [name for name in REQUIRED_ENV if not env.get(name)]
     if missing:
         report.add("environment", "fail", f"missing: {', '.join(missing)}",
                    "label the pod azure.workload.identity/use=\"true\" (on the pod template, not the Deployment or "
                    "Job), annotate its ServiceAccount with azure.workload.identity/client-id, and recreate the pod")
         return report
-    report.add("environment", "pass", ", ".join(f"{n}={env[n]}" for n in INJECTED_ENV_NAMES))
+    report.add("environment", "pass", ", ".join(f"{n}={env[n]}" for n in REQUIRED_ENV))
 
     path = env["AZURE_FEDERATED_TOKEN_FILE"]
     if not os.path.exists(path):

@@ -1,4 +1,5 @@
-"""Reading the pod's and ServiceAccount's annotations exactly as the reference (Go) does, with its error texts.
+"""Reading the pod's and ServiceAccount's annotations exactly as the reference (Go) does, with its error texts: each
+function here is the one place its annotation is read (the mutation and the policy rules both call it).
 
 The reference parses numbers with `strconv.ParseInt`, trims skip-container names with `strings.TrimSpace` and quotes
 values in errors with `strconv.Quote`; each is reproduced here so that our denials read like the reference's (then
@@ -18,9 +19,10 @@ from webhook.core.constants import (
     MIN_TOKEN_EXPIRATION,
     PROXY_PORT_ANNOTATION,
     SKIP_CONTAINERS_ANNOTATION,
+    TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
 )
-from webhook.core.model import Denial
+from webhook.core.model import Denial, ServiceAccountInfo
 
 # Go's unicode.IsSpace, which strings.TrimSpace uses. Python's str.strip() also trims \x1c-\x1f (file, group, record
 # and unit separators); Go does not, so a container named "\x1fapp" is not the skip entry "app" there, nor here.
@@ -66,13 +68,19 @@ def go_parse_int(text: str, bits: int) -> int:
     return value
 
 
-def wants_proxy(annotations: Mapping[str, str]) -> bool:
+def tenant_id(sa: ServiceAccountInfo, default_tenant: str) -> str:
+    """The tenant a pod of this ServiceAccount gets: its tenant-id annotation when present, even when empty (then no
+    AZURE_TENANT_ID is injected at all, as in the reference), else the webhook's AZURE_TENANT_ID."""
+    return sa.annotations.get(TENANT_ID_ANNOTATION, default_tenant)
+
+
+def proxy_requested(annotations: Mapping[str, str]) -> bool:
     """Inject the proxy when the annotation is present and not "false" (the reference ignores the value, #1210)."""
     value = annotations.get(INJECT_PROXY_ANNOTATION)
     return value is not None and value.strip().lower() != "false"
 
 
-def proxy_port_of(annotations: Mapping[str, str]) -> int | Denial:
+def proxy_port(annotations: Mapping[str, str]) -> int | Denial:
     """The proxy sidecar's port: the annotation, or 8000; unlike the reference, range-checked (1-65535)."""
     if PROXY_PORT_ANNOTATION not in annotations:
         return DEFAULT_PROXY_PORT
@@ -106,7 +114,7 @@ def token_expiration(pod_annotations: Mapping[str, str], sa_annotations: Mapping
     return seconds
 
 
-def skip_containers(annotations: Mapping[str, str]) -> frozenset[str]:
+def skipped_container_names(annotations: Mapping[str, str]) -> frozenset[str]:
     """The container names in the `;`-separated skip annotation, each trimmed as Go's strings.TrimSpace trims.
 
     Empty entries are kept, as the reference keeps them: `"sidecar;"` also skips containers that have no name (the

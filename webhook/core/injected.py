@@ -1,14 +1,19 @@
 """What the webhook adds to a pod, as plain JSON values: the env vars, the token volume and its mount, the proxy
-containers and the status annotation. The reference's values and order (see README "Compatibility")."""
+containers and the status annotation, with the reference's values and order.
+
+To inject one more env var from a ServiceAccount annotation, add it to `env_to_inject` (the status annotation and
+policy rule WI005 follow from there) and its annotation name to core/constants.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from webhook.cli.config import MutationConfig
+from webhook.core.annotations import tenant_id
 from webhook.core.constants import (
     CA_FILE_PATH,
     CA_RELATIVE_PATH,
@@ -24,24 +29,30 @@ from webhook.core.constants import (
     MOUNT_PATH,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
-    TENANT_ID_ANNOTATION,
     TOKEN_FILE_PATH,
     TOKEN_RELATIVE_PATH,
     VOLUME_NAME_PREFIX,
 )
-from webhook.core.model import ServiceAccountInfo
+from webhook.core.model import MutationConfig, ServiceAccountInfo
 
 
-def volume_name_for(pod_name: str) -> str:
-    """`azure-workload-identity-reserved-` + 30 hex chars of sha256(pod name): 63 chars, a valid DNS label."""
-    return VOLUME_NAME_PREFIX + hashlib.sha256(pod_name.encode("utf-8")).hexdigest()[:30]
+def token_volume_name(metadata: Mapping[str, Any]) -> str:
+    """The token volume's name, derived from the pod's name as the reference derives it (so both webhooks give a pod
+    the same volume): from `metadata.name`, or `<generateName> (prefix)` for a pod named after admission."""
+    return volume_name_for(metadata.get("name") or f"{metadata.get('generateName') or ''} (prefix)")
 
 
-def env_candidates(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> dict[str, str]:
-    """The env vars to inject (name: value), in the reference's order, without empty values."""
+def volume_name_for(hash_input: str) -> str:
+    """`azure-workload-identity-reserved-` + 30 hex chars of its sha256: 63 chars, a valid DNS label."""
+    return VOLUME_NAME_PREFIX + hashlib.sha256(hash_input.encode("utf-8")).hexdigest()[:30]
+
+
+def env_to_inject(sa: ServiceAccountInfo, config: MutationConfig, custom_active: bool) -> dict[str, str]:
+    """The env vars each injected container gets (name: value), in the reference's order; a name whose value is
+    empty is left out (an empty client-id or tenant-id annotation injects nothing)."""
     env = {
         ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, ""),
-        ENV_TENANT_ID: sa.annotations.get(TENANT_ID_ANNOTATION, config.tenant_id),  # present, even empty, wins
+        ENV_TENANT_ID: tenant_id(sa, config.tenant_id),
         ENV_FEDERATED_TOKEN_FILE: TOKEN_FILE_PATH,
         ENV_AUTHORITY_HOST: config.authority_host,
     }
@@ -129,8 +140,7 @@ def proxy_sidecar_container(port: int, config: MutationConfig) -> dict[str, Any]
 
 def annotations_hash(sa: ServiceAccountInfo) -> str:
     """12 hex chars of sha256 over the ServiceAccount's annotations (sorted JSON)."""
-    annotations = dict(sa.annotations.items())
-    return hashlib.sha256(orjson.dumps(annotations, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 def status_annotation(sa: ServiceAccountInfo, env_names: list[str], volume_name: str, config: MutationConfig) -> str:

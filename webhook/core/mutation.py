@@ -5,10 +5,11 @@ re-serialised: every change is an RFC 6902 operation at a precise path, mostly `
 about (new PodSpec fields, native-sidecar `restartPolicy`, ...) survive untouched — the reference's typed
 round-trip dropped them (Azure/azure-workload-identity#1312).
 
-The steps follow the reference v1.6.0 in order (README "Compatibility"): shape check, ServiceAccount, proxy, token
-expiration, then env and mount per container (init containers first), the projected volume, and our status
-annotation. Deliberate differences: `inject-proxy-sidecar: "false"` does not inject (#1210), the proxy port is
-range-checked, proxy containers may get resources from config (#1441), and denials name the annotation to fix.
+The steps follow the reference v1.6.0 (README "Behaviour and compatibility"): the pod's shape (core/shape.py, before
+this module is called), ServiceAccount, proxy, token expiration, then env and mount per container (init containers
+first), the proxy containers, the projected volume, and our status annotation. Deliberate differences:
+`inject-proxy-sidecar: "false"` does not inject (#1210), the proxy port is range-checked, proxy containers may get
+resources from config (#1441), and denials name the annotation to fix.
 """
 
 from __future__ import annotations
@@ -16,132 +17,155 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.cli.config import MutationConfig
-from webhook.core.annotations import go_parse_int, proxy_port_of, skip_containers, token_expiration, wants_proxy
-from webhook.core.constants import PROXY_CONTAINER_NAME, PROXY_INIT_CONTAINER_NAME, STATUS_ANNOTATION
+from webhook.core.annotations import proxy_port, proxy_requested, skipped_container_names, token_expiration
+from webhook.core.constants import STATUS_ANNOTATION
 from webhook.core.injected import (
-    annotations_hash,
-    env_candidates,
+    env_to_inject,
     projected_volume,
     proxy_init_container,
     proxy_sidecar_container,
     status_annotation,
+    token_volume_name,
     volume_mount,
-    volume_name_for,
 )
-from webhook.core.model import Denial, MutationResult, PatchOp, PodRef, ServiceAccountInfo
-from webhook.core.shape import NAME_TYPES, PodShapeError, bad_pod, pod_ref, shape_denial
-
-# The names other modules import from here (the core's one entry point).
-__all__ = [
-    "Denial", "MutationResult", "PatchOp", "PodRef", "PodShapeError", "ServiceAccountInfo", "annotations_hash",
-    "bad_pod", "go_parse_int", "mutate_pod", "pod_ref", "service_account_not_found", "shape_denial",
-    "skip_containers", "status_annotation", "volume_name_for",
-]
+from webhook.core.model import Denial, MutationConfig, MutationResult, PatchOp, PodRef, ServiceAccountInfo
 
 
 def service_account_not_found(name: str) -> Denial:
     return Denial(f'serviceaccounts "{name}" not found', reason="ServiceAccountNotFound")
 
 
-def mutate_pod(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, config: MutationConfig,
-               ref: PodRef | None = None) -> MutationResult:
-    """Compute the JSON Patch that gives `pod` its workload identity, or the reference's denial.
+def mutate_pod(pod: dict[str, Any], ref: PodRef, sa: ServiceAccountInfo | None,
+               config: MutationConfig) -> MutationResult:
+    """The JSON Patch that gives `pod` its workload identity, or the reference's denial.
 
-    `sa` is None when the pod's ServiceAccount does not exist. `ref` is `pod_ref(pod, request_namespace,
-    entries=False)` when the caller already has it (the shell computes it to find the ServiceAccount).
-
-    The pod's shape is checked in two parts, each entry read once: `pod_ref(..., entries=False)` checks all but the
-    entries of the containers' env and volumeMounts, which the container walk below checks as it reads them. A pod
-    that fails either gets the full check's denial (`bad_pod`: the first offending field, in its order), and so
-    does a pod denied for another reason before the walk reached a bad entry: the answer is the one a full check
-    up front would give (tests/test_shape_split.py holds the two to each other).
+    `ref` is what `read_pod` returned for this pod: its shape is checked, so every field read here has the type the
+    shape check promises. `sa` is None when the pod's ServiceAccount does not exist.
     """
-    try:
-        result = _mutate(pod, request_namespace, sa, config, ref)
-    except PodShapeError as exc:  # an env or volumeMounts entry the walk could not read
-        return MutationResult(denial=bad_pod(pod) or shape_denial(exc))
-    if result.denial is not None and result.denial.reason != "BadPod":
-        shape = bad_pod(pod)  # a malformed entry the walk did not reach comes first, as with the full check
-        if shape is not None:
-            return MutationResult(denial=shape)
-    return result
-
-
-def _mutate(pod: Any, request_namespace: str, sa: ServiceAccountInfo | None, config: MutationConfig,
-            ref: PodRef | None) -> MutationResult:
-    if ref is None:
-        try:
-            ref = pod_ref(pod, request_namespace, entries=False)
-        except PodShapeError as exc:
-            return MutationResult(denial=shape_denial(exc))
     if sa is None:
         return MutationResult(denial=service_account_not_found(ref.service_account))
     metadata: dict[str, Any] = pod.get("metadata") or {}
     annotations: dict[str, str] = metadata.get("annotations") or {}
     spec: dict[str, Any] = pod.get("spec") or {}
 
-    proxy_port: int | None = None
-    if wants_proxy(annotations):
+    port: int | None = None
+    if proxy_requested(annotations):
         if spec.get("hostNetwork") is True:
             return MutationResult(denial=Denial("hostNetwork is set to true, cannot inject proxy sidecar",
                                                 reason="ProxyWithHostNetwork"))
-        port = proxy_port_of(annotations)
-        if isinstance(port, Denial):
-            return MutationResult(denial=port)
-        proxy_port = port
+        requested_port = proxy_port(annotations)
+        if isinstance(requested_port, Denial):
+            return MutationResult(denial=requested_port)
+        port = requested_port
     expiration = token_expiration(annotations, sa.annotations)
     if isinstance(expiration, Denial):
         return MutationResult(denial=expiration)
 
     custom = config.custom_endpoint
     custom_active = custom is not None and annotations.get(custom.annotation_key, "").lower() == "true"
-    env = env_candidates(sa, config, custom_active)
-    volume_name = volume_name_for(ref.name)
-    result = MutationResult(volume_name=volume_name, env_names=list(env),
-                            proxy_injected=proxy_port is not None, expiration_seconds=expiration)
+    env = env_to_inject(sa, config, custom_active)
+    volume_name = token_volume_name(metadata)
+    result = MutationResult(expiration_seconds=expiration)
     patch = result.patch
 
     if pod.get("metadata") is None:
         patch.append({"op": "add", "path": "/metadata", "value": {"namespace": ref.namespace}})
-        metadata = {"namespace": ref.namespace}
     elif metadata.get("namespace") != ref.namespace:
         patch.append({"op": "replace" if "namespace" in metadata else "add", "path": "/metadata/namespace",
                       "value": ref.namespace})
     if pod.get("spec") is None:
         patch.append({"op": "add", "path": "/spec", "value": {}})
 
-    injector = _ContainerInjector(env, volume_name, skip_containers(annotations), result)
-    init_list = _ListEditor("/spec/initContainers", spec.get("initContainers"), patch)
-    app_list = _ListEditor("/spec/containers", spec.get("containers"), patch)
-    if proxy_port is not None:
-        if not init_list.has(PROXY_INIT_CONTAINER_NAME):
-            init_list.append(injector.inject_new(proxy_init_container(proxy_port, config)))
-        sidecar_list = init_list if config.native_sidecar else app_list
-        if not sidecar_list.has(PROXY_CONTAINER_NAME):
-            sidecar_list.prepend(injector.inject_new(proxy_sidecar_container(proxy_port, config)))
-    for editor in (init_list, app_list):
-        # The pod's own containers, at their index after the containers we put first.
-        for index, container in enumerate(editor.current or (), start=editor.prepended):
-            injector.inject_existing(container, f"{editor.path}/{index}", patch)
+    containers = _Containers(spec, env, volume_mount(volume_name), skipped_container_names(annotations), result)
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            containers.inject(container, f"/spec/{key}/{index}")
+    if port is not None:
+        containers.add_missing("initContainers", proxy_init_container(port, config), first=False)
+        containers.add_missing("initContainers" if config.native_sidecar else "containers",
+                               proxy_sidecar_container(port, config), first=True)
 
     volume_op = _volume_op(spec.get("volumes"), projected_volume(volume_name, expiration, config, custom_active))
     if volume_op is not None:
         patch.append(volume_op)
     if config.status_annotation:
-        status_op = _status_op(metadata.get("annotations"),
-                               status_annotation(sa, result.env_names, volume_name, config))
+        status = status_annotation(sa, list(env), volume_name, config)
+        status_op = _status_op(metadata.get("annotations"), status)
         if status_op is not None:
             patch.append(status_op)
     return result
 
 
+class _Containers:
+    """Gives each container that is not skipped the env vars it does not set yet and the token mount, and adds the
+    proxy containers, recording in `result` which containers were injected or skipped and which injected names the
+    user already sets."""
+
+    def __init__(self, spec: Mapping[str, Any], env: dict[str, str], mount: dict[str, Any], skip: frozenset[str],
+                 result: MutationResult) -> None:
+        self._spec = spec
+        self._env = env
+        self._mount = mount
+        self._skip = skip
+        self._result = result
+        self._has_list = {key: spec.get(key) is not None for key in ("initContainers", "containers")}
+
+    def _skipped(self, container: Mapping[str, Any]) -> bool:
+        name = container.get("name") or ""  # a missing or null name decodes as "" in the reference
+        (self._result.skipped_containers if name in self._skip else self._result.injected_containers).append(name)
+        return name in self._skip
+
+    def inject(self, container: Mapping[str, Any], path: str) -> None:
+        """The ops for one of the pod's containers: the env vars it does not set yet, then the mount (added, or
+        replacing a same-named mount that differs)."""
+        if self._skipped(container):
+            return
+        patch = self._result.patch
+        env: list[dict[str, Any]] | None = container.get("env")
+        present = set()
+        for entry in env or []:
+            name = entry.get("name")
+            if name in self._env:  # the user's value is kept, as the reference does; policy WI005 compares it
+                present.add(name)
+                self._result.kept_env.append((container.get("name") or "", name, entry.get("value")))
+        missing = [{"name": name, "value": value} for name, value in self._env.items() if name not in present]
+        if env is None:
+            if missing:
+                patch.append({"op": "add", "path": f"{path}/env", "value": missing})
+        else:
+            patch.extend({"op": "add", "path": f"{path}/env/-", "value": entry} for entry in missing)
+
+        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
+        ours = [index for index, mount in enumerate(mounts or []) if mount.get("name") == self._mount["name"]]
+        if mounts is None:
+            patch.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(self._mount)]})
+        elif not ours:
+            patch.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(self._mount)})
+        elif mounts[ours[0]] != self._mount:
+            patch.append({"op": "replace", "path": f"{path}/volumeMounts/{ours[0]}", "value": dict(self._mount)})
+
+    def add_missing(self, key: str, container: dict[str, Any], first: bool) -> None:
+        """Add a container we create (unless the pod has one of that name: a second run), at the start of the list
+        or at its end, with the env and mount in the one `add` op that creates it."""
+        if any(existing.get("name") == container["name"] for existing in self._spec.get(key) or []):
+            return
+        if not self._skipped(container):
+            present = {entry["name"] for entry in container.get("env", [])}
+            env = container.get("env", []) + [{"name": name, "value": value} for name, value in self._env.items()
+                                              if name not in present]
+            if env:
+                container["env"] = env
+            container["volumeMounts"] = [dict(self._mount)]
+        if self._has_list[key]:
+            self._result.patch.append({"op": "add", "path": f"/spec/{key}/{'0' if first else '-'}", "value": container})
+        else:  # the pod has no such list yet: the op creates it
+            self._result.patch.append({"op": "add", "path": f"/spec/{key}", "value": [container]})
+            self._has_list[key] = True
+
+
 def _escape(token: str) -> str:
     """RFC 6901 reference token escaping."""
     return token.replace("~", "~0").replace("/", "~1")
-
-
-_STATUS_PATH = f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}"
 
 
 def _status_op(annotations: Mapping[str, str] | None, value: str) -> PatchOp | None:
@@ -152,7 +176,7 @@ def _status_op(annotations: Mapping[str, str] | None, value: str) -> PatchOp | N
     if current == value:
         return None
     return {"op": "add" if current is None else "replace",
-            "path": _STATUS_PATH, "value": value}
+            "path": f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}", "value": value}
 
 
 def _volume_op(volumes: list[dict[str, Any]] | None, volume: dict[str, Any]) -> PatchOp | None:
@@ -173,107 +197,3 @@ def _same_volume(wanted: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
     if isinstance(projected, dict) and "defaultMode" in projected:
         actual = {**actual, "projected": {k: v for k, v in projected.items() if k != "defaultMode"}}
     return dict(wanted) == dict(actual)
-
-
-class _ListEditor:
-    """Adds containers to one list of the pod while tracking where the pod's own containers end up: only the proxy
-    sidecar is ever put first, so they move by the number of containers put before them."""
-
-    def __init__(self, path: str, current: list[dict[str, Any]] | None, patch: list[PatchOp]) -> None:
-        self.path = path
-        self.current = current  # the pod's own containers (None: the pod has no such list yet)
-        self.prepended = 0  # how many containers we put before them
-        self._added: list[str] = []  # the names of the containers we add
-        self._patch = patch
-
-    def has(self, name: str) -> bool:
-        return name in self._added or any(item.get("name") == name for item in self.current or ())
-
-    def append(self, item: dict[str, Any]) -> None:
-        self._add(item, "-")
-
-    def prepend(self, item: dict[str, Any]) -> None:
-        self._add(item, "0")
-        self.prepended += 1
-
-    def _add(self, item: dict[str, Any], position: str) -> None:
-        if self.current is not None or self._added:
-            self._patch.append({"op": "add", "path": f"{self.path}/{position}", "value": item})
-        else:  # the first container of a list the pod does not have: the op creates the list
-            self._patch.append({"op": "add", "path": self.path, "value": [item]})
-        self._added.append(item["name"])
-
-
-class _ContainerInjector:
-    """Gives each container that is not skipped the env vars it does not set yet and the token mount, recording
-    which containers were injected or skipped and which injected names the user already sets."""
-
-    def __init__(self, env: dict[str, str], volume_name: str, skip: frozenset[str], result: MutationResult) -> None:
-        self._env = env
-        self._mount = volume_mount(volume_name)
-        self._skip = skip
-        self._result = result
-
-    def _skipped(self, container: dict[str, Any]) -> bool:
-        name = container.get("name") or ""  # a missing or null name decodes as "" in the reference
-        if name in self._skip:
-            self._result.skipped_containers.append(name)
-            return True
-        self._result.injected_containers.append(name)
-        return False
-
-    def inject_new(self, container: dict[str, Any]) -> dict[str, Any]:
-        """A container we create gets everything in the one `add` op that creates it."""
-        if not self._skipped(container):
-            current: list[dict[str, Any]] = list(container.get("env") or [])
-            present = {entry.get("name") for entry in current}
-            env = current + [{"name": name, "value": value} for name, value in self._env.items() if name not in present]
-            if env:
-                container["env"] = env
-            container["volumeMounts"] = [dict(self._mount)]
-        return container
-
-    def inject_existing(self, container: dict[str, Any], path: str, patch: list[PatchOp]) -> None:
-        """Append the ops for a container of the pod: the env vars it does not set yet, then the mount (added, or
-        replacing a same-named mount that differs). Raises PodShapeError for an env or volumeMounts entry that is
-        not an object with a string (or absent) name, in a skipped container too (see mutate_pod)."""
-        current: list[dict[str, Any]] | None = container.get("env")
-        mounts: list[dict[str, Any]] | None = container.get("volumeMounts")
-        present = set()
-        kept: list[tuple[str, Any]] = []  # (name, value) of each entry setting a name we inject, in pod order
-        injected = self._env
-        for entry in current or ():
-            if not isinstance(entry, dict) or not isinstance(name := entry.get("name"), NAME_TYPES):
-                raise PodShapeError(f"{path}/env has an entry that is not an object with a string name")
-            if name in injected:
-                present.add(name)
-                kept.append((name, entry.get("value")))
-        ours = None  # the index of the mount named like our volume
-        for index, mount in enumerate(mounts or ()):
-            if not isinstance(mount, dict) or not isinstance(name := mount.get("name"), NAME_TYPES):
-                raise PodShapeError(f"{path}/volumeMounts has an entry that is not an object with a string name")
-            if name == self._mount["name"] and ours is None:
-                ours = index
-        if self._skipped(container):
-            return
-
-        if kept:
-            # The user's values are kept (the reference does the same); policy WI005 compares them.
-            container_name = container.get("name") or ""
-            self._result.kept_env.extend((container_name, name, value) for name, value in kept)
-        if current is None:
-            if self._env:
-                patch.append({"op": "add", "path": f"{path}/env", "value": [
-                    {"name": name, "value": value} for name, value in self._env.items()]})
-        else:
-            append_path = f"{path}/env/-"
-            for name, value in self._env.items():
-                if name not in present:
-                    patch.append({"op": "add", "path": append_path, "value": {"name": name, "value": value}})
-
-        if mounts is None:
-            patch.append({"op": "add", "path": f"{path}/volumeMounts", "value": [dict(self._mount)]})
-        elif ours is None:
-            patch.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": dict(self._mount)})
-        elif mounts[ours] != self._mount:
-            patch.append({"op": "replace", "path": f"{path}/volumeMounts/{ours}", "value": dict(self._mount)})

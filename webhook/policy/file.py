@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from webhook.policy.evaluate import Policy, PolicyError, parse_policy
+from webhook.policy.schema import Policy, PolicyError, parse_policy
 
 log = logging.getLogger("policy")
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from webhook.core.constants import MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION
-from webhook.policy.rules import ALWAYS_ENFORCED, NO_WEAKENING, RULES, STRICTNESS, Mode, rule_id
+from webhook.policy.rules import RULES, STRICTNESS, Mode, rule_id
 
 
 def _mode_text(value: Any) -> Any:
@@ -87,12 +87,15 @@ class Policy(_Strict):
         return value
 
     def mode_for(self, rid: str, overrides: Mapping[str, Mode] | None = None) -> Mode:
-        if rid in ALWAYS_ENFORCED:
-            return Mode.ENFORCE
-        configured = self.modes.get(rid, RULES[rid].default)
+        """The mode rule `rid` runs in: the policy file's (else the rule's default), unless the namespace overrides
+        it (`overrides`, from its labels) and the policy lets namespaces do so."""
+        rule = RULES[rid]
+        if rule.fixed_mode:
+            return rule.default
+        configured = self.modes.get(rid, rule.default)
         if overrides and rid in overrides and self.namespace_overrides:
             override = overrides[rid]
-            if rid in NO_WEAKENING and STRICTNESS[override] < STRICTNESS[configured]:
+            if rule.no_weakening and STRICTNESS[override] < STRICTNESS[configured]:
                 return configured
             return override
         return configured
@@ -142,9 +145,9 @@ def _check_modes(raw: dict[Any, Any]) -> tuple[dict[str, str], list[str]]:
         if not isinstance(mode, str) or mode not in {m.value for m in Mode}:
             problems.append(f"  modes.{key}: {value!r} is not a mode; use one of {names}")
             continue
-        if rid in ALWAYS_ENFORCED and mode != Mode.ENFORCE.value:
-            problems.append(f"  modes.{key}: {rid}'s mode is fixed at enforce (the reference denies such pods, and "
-                            "this webhook never answers more leniently); remove this entry")
+        if RULES[rid].fixed_mode and mode != RULES[rid].default.value:
+            problems.append(f"  modes.{key}: {rid}'s mode is fixed at {RULES[rid].default.value} (the reference "
+                            "denies such pods, and this webhook never answers more leniently); remove this entry")
             continue
         valid[rid] = mode
     return valid, problems

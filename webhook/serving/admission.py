@@ -5,14 +5,14 @@ The reply always uses the apiVersion of the request and echoes its uid, as the A
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pybase64 import b64encode_as_string  # the stdlib's encoding, 15x faster on a ~3 KB patch, as a str
 
-from webhook.core.mutation import MutationResult
+from webhook.core.model import Denial, MutationResult
 
 REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 # The API server's uids are UUIDs (36 characters); the bound keeps a log line and the echoed reply small.
@@ -26,18 +26,19 @@ class BadReview(ValueError):
 
 @dataclass(slots=True)
 class ReviewRequest:
-    """The envelope fields of a request, and its object (`pod`: the raw JSON, checked by the mutation core)."""
+    """The envelope fields of a request, and its object as raw JSON (a Pod, or a ServiceAccount for the validator),
+    checked by whoever reads it."""
 
     api_version: str
     uid: str
     namespace: str
     operation: str
     dry_run: bool
-    pod: Any
+    object: Any
 
 
 def parse_review(body: bytes) -> ReviewRequest:
-    """Decode and check the envelope; the pod itself is checked by the mutation core."""
+    """Decode and check the envelope (BadReview names what is wrong); the object is checked by its reader."""
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -67,7 +68,7 @@ def parse_review(body: bytes) -> ReviewRequest:
     operation = request.get("operation") or ""
     return ReviewRequest(api_version=api_version, uid=uid, namespace=namespace,
                          operation=operation if isinstance(operation, str) else "",
-                         dry_run=request.get("dryRun") is True, pod=request.get("object"))
+                         dry_run=request.get("dryRun") is True, object=request.get("object"))
 
 
 def review_response(request: ReviewRequest, result: MutationResult, warnings: list[str] | None = None,
@@ -79,9 +80,35 @@ def review_response(request: ReviewRequest, result: MutationResult, warnings: li
                               "reason": result.denial.reason}
     elif result.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = b64encode_as_string(orjson.dumps(result.patch))
+        response["patch"] = base64.b64encode(orjson.dumps(result.patch)).decode()
     if warnings:
         response["warnings"] = warnings
     if audit_annotations:
         response["auditAnnotations"] = audit_annotations
     return orjson.dumps({"apiVersion": request.api_version, "kind": "AdmissionReview", "response": response})
+
+
+def internal_error_review(body: bytes) -> bytes:
+    """The answer when this webhook failed on a review (a bug): a denial naming the request's uid, so that the API
+    server still gets an AdmissionReview (and the user a message) rather than a plain-text 500."""
+    uid, api_version = _envelope_of(body)
+    request = ReviewRequest(api_version=api_version, uid=uid, namespace="", operation="", dry_run=False, object=None)
+    denial = Denial(f"internal error answering review {uid}, see the webhook's log", reason="InternalError", code=500)
+    return review_response(request, MutationResult(denial=denial))
+
+
+def uid_of(body: bytes) -> str:
+    """The review's uid, or "" when the body has none (for logging a review we failed on)."""
+    return _envelope_of(body)[0]
+
+
+def _envelope_of(body: bytes) -> tuple[str, str]:
+    """The uid and apiVersion of whatever the body holds, best effort: ("", admission.k8s.io/v1) when unreadable."""
+    try:
+        review = orjson.loads(body)
+        uid = review["request"]["uid"]
+        api_version = review.get("apiVersion")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return "", REVIEW_VERSIONS[0]
+    return (uid if isinstance(uid, str) and len(uid) <= MAX_UID_LENGTH else "",
+            api_version if api_version in REVIEW_VERSIONS else REVIEW_VERSIONS[0])

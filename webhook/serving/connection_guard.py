@@ -1,11 +1,13 @@
-"""The webhook port's listener with bounded connections: a cap on how many, a TLS handshake timeout, a deadline
-for a request's headers, and an idle timeout between requests (the figures are in webhook/serving/limits.py).
+"""The webhook port's listener, which enforces the per-connection bounds (their values are in serving/limits.py):
+a cap on how many connections, a TLS handshake timeout, a deadline for a request's headers, and an idle timeout
+between requests.
 
 aiohttp alone keeps a connection that sends nothing for an hour (its keep-alive timeout) and one that sends its
 headers a byte at a time for as long as it keeps sending; each costs memory (2,000 idle TLS connections held
 147 MB). Each connection's protocol is wrapped by `_Tracked`, which forwards everything to aiohttp's own handler
-and notes when a request's first byte arrived; the webhook's route handler tells the guard when aiohttp handed it a
-request (its headers are complete) and when the answer went out. A sweep once a second closes what overstayed.
+and notes when a request's first byte arrived; the webhook app's middleware (server.guard_middleware) tells the
+guard when aiohttp handed it a request (its headers are complete) and when the answer was ready. A sweep once a
+second closes what overstayed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The bounds that keep `serve` inside its memory limit whatever a caller of the webhook port sends.
+"""The bounds' values and their environment overrides, the request-body budget, and the release of freed memory:
+what keeps `serve` inside its memory limit whatever a caller of the webhook port sends. The listener that enforces
+the per-connection bounds is serving/connection_guard.py.
 
 Anything in the cluster that can reach port 9443 can call it without authentication, and the pod has a hard memory
 limit (the chart's default is in charts/workload-identity-webhook/README.md, "Memory"); an OOM-killed webhook with
@@ -126,13 +128,6 @@ class BodyBudget:
         """What a body is charged: its declared length, else the largest allowed; never more than the budget."""
         size = declared if declared is not None and declared >= 0 else max_request_bytes
         return min(size, self.limit)
-
-    def try_acquire(self, size: int) -> bool:
-        """Take `size` bytes when they are free and nobody waits (the usual case: no coroutine needed)."""
-        if self.used + size <= self.limit and not self._waiters:
-            self.used += size
-            return True
-        return False
 
     async def acquire(self, size: int, timeout: float) -> bool:
         """Take `size` bytes of the budget, waiting up to `timeout` seconds; False when it did not free up."""

@@ -1,20 +1,138 @@
 """Prometheus metrics: ours, plus the reference's `azwi_mutation_request` histogram for existing dashboards.
 
-The per-review series (the request counter, both latency histograms, the ServiceAccount lookup and remembered
-decision counters) are kept as plain numbers by serving/stats.py and exported by `AdmissionCollector`; the rest are
-prometheus-client metrics.
+The per-review series (the request counter, both latency histograms, the ServiceAccount lookup counter) are plain
+numbers (`AdmissionStats`), turned into metric families at scrape time by `AdmissionCollector`; the rest are
+prometheus-client metrics. Why not prometheus-client's Counter and Histogram for those: each `inc`/`observe` takes a
+lock, and under `--workers` goes through its multiprocess files; the event loop is the only writer here, and the
+plain numbers are also what a worker hands to the supervisor.
+
+With `serve --workers N`, each worker writes its numbers to a file about once a second (see
+`serving.health.write_worker_state`) and the supervisor adds the files up when scraped, so its figures may lag by
+up to a second and a worker that is killed loses at most its last second. Files of exited workers are kept, so the
+totals never go down.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from webhook.serving.stats import REFERENCE_BUCKETS, AdmissionStats, Tally
+from webhook.serving.limits import MAX_METRIC_NAMESPACES, OTHER_NAMESPACE
+
+# The reference's buckets (seconds): 1-10 ms by 1 ms, 20-100 ms by 10 ms, 0.2-1 s by 0.1 s, then 1.5, 2, 2.5, 3.
+REFERENCE_BUCKETS: tuple[float, ...] = (
+    *(i / 1000 for i in range(1, 11)),
+    *(i / 100 for i in range(2, 11)),
+    *(i / 10 for i in range(2, 11)),
+    1.5, 2.0, 2.5, 3.0,
+)
+
+
+class AdmissionSeries:
+    """One (decision, namespace) series: how many reviews, and for answered ones the latency histogram."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        # buckets[i] counts observations in (REFERENCE_BUCKETS[i-1], REFERENCE_BUCKETS[i]]; the last one is +Inf.
+        self.buckets = [0] * (len(REFERENCE_BUCKETS) + 1)
+
+    def observe(self, elapsed: float) -> None:
+        """One answered review that took `elapsed` seconds."""
+        self.count += 1
+        self.seconds += elapsed
+        self.buckets[bisect_left(REFERENCE_BUCKETS, elapsed)] += 1
+
+    def tally(self) -> None:
+        """One review answered with an error (a 400, or an internal error): counted, not timed."""
+        self.count += 1
+
+
+class Tally:
+    """One labelled child of a counter (what prometheus-client's `counter.labels(value)` returns): a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class AdmissionStats:
+    """All per-review numbers of one process (or, merged, of all workers); written only from the event loop.
+
+    At most `max_namespaces` request namespaces get series of their own; reviews from any later one are counted
+    under namespace="_other". Why: the namespace comes from the caller, and each one adds about 3 KB of series for
+    the life of the process and to every scrape (20k namespaces added 63 MB). A cluster with more namespaces than
+    the cap still has exact totals, and the first namespaces seen keep their detail.
+    """
+
+    def __init__(self, max_namespaces: int = MAX_METRIC_NAMESPACES) -> None:
+        self.series: dict[tuple[str, str], AdmissionSeries] = {}
+        self.counters: dict[tuple[str, str], Tally] = {}  # (counter name, label value)
+        self.max_namespaces = max_namespaces
+        self.namespaces: set[str] = set()
+
+    def of(self, decision: str, namespace: str) -> AdmissionSeries:
+        key = (decision, namespace)
+        series = self.series.get(key)
+        if series is None:
+            if namespace not in self.namespaces:
+                if len(self.namespaces) >= self.max_namespaces and namespace != OTHER_NAMESPACE:
+                    return self.of(decision, OTHER_NAMESPACE)
+                self.namespaces.add(namespace)
+            series = self.series[key] = AdmissionSeries()
+        return series
+
+    def counter(self, name: str, label: str) -> Tally:
+        """The child `label` of counter `name` (made at 0 on first use, and then exported, like a prometheus
+        child)."""
+        key = (name, label)
+        tally = self.counters.get(key)
+        if tally is None:
+            tally = self.counters[key] = Tally()
+        return tally
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"series": [[decision, namespace, s.count, s.seconds, s.buckets]
+                                        for (decision, namespace), s in self.series.items()],
+                             "counters": [[name, label, t.value] for (name, label), t in self.counters.items()]})
+
+    def add(self, snapshot: bytes) -> None:
+        """Add another process's `to_json` snapshot (a worker's, in the supervisor). ValueError when it is not one;
+        nothing is added then."""
+        size = len(REFERENCE_BUCKETS) + 1
+        try:
+            parsed = orjson.loads(snapshot)
+            if not isinstance(parsed, dict):
+                raise TypeError(f"expected an object, got {type(parsed).__name__}")
+            rows = [(str(decision), str(namespace), int(count), float(seconds), [int(value) for value in buckets])
+                    for decision, namespace, count, seconds, buckets in parsed["series"]]
+            counts = [(str(name), str(label), int(value)) for name, label, value in parsed["counters"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError('not a worker snapshot ({"series": [[decision, namespace, count, seconds, buckets], '
+                             f'...], "counters": [[name, label, value], ...]}}): {exc!r}') from None
+        if any(len(buckets) != size for *_, buckets in rows):
+            raise ValueError(f"a histogram does not have the {size} buckets of this version")
+        for decision, namespace, count, seconds, buckets in rows:
+            series = self.of(decision, namespace)
+            series.count += count
+            series.seconds += seconds
+            for index, value in enumerate(buckets):
+                series.buckets[index] += value
+        for name, label, value in counts:
+            self.counter(name, label).value += value
+
 
 REQUESTS_HELP = ("Admission reviews answered, by decision (mutated, skipped, denied, error) and request "
                  "namespace.")
@@ -82,7 +200,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.admission = AdmissionStats()
         self.registry.register(AdmissionCollector(lambda: self.admission))
-        self.sa_lookups_cached = self.sa_lookup("cache")  # per review: look the child up once
+        self.sa_lookup("cache")  # exported at 0 from the start, as prometheus-client's child was
         # With --workers, each worker has its own cache: report the largest, and synced only if all are.
         self.cache_size = Gauge("wi_webhook_serviceaccount_cache_size", "ServiceAccounts held in the cache.",
                                 registry=self.registry, multiprocess_mode="livemax")

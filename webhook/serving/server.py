@@ -1,6 +1,7 @@
 """`wi-webhook serve`: the HTTPS admission endpoint, health and metrics listeners, and graceful shutdown.
 
-The request path itself (parse, ServiceAccount, core, answer) is webhook/serving/handler.py.
+The request path itself (parse, ServiceAccount, core, answer) is webhook/serving/handler.py; readiness is
+webhook/serving/health.py.
 """
 
 from __future__ import annotations
@@ -11,35 +12,48 @@ import logging
 import os
 import signal
 import ssl
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.certificates.rotation import CertRotator
 from webhook.cli.config import ServeOptions, parse_addr
 from webhook.core.constants import MUTATE_PATH, VALIDATE_SA_PATH
-from webhook.serving.admission import BadReview
+from webhook.serving.admission import BadReview, internal_error_review, uid_of
 from webhook.serving.connection_guard import ConnectionGuard, GuardedSite
 from webhook.serving.handler import AdmissionHandler
 from webhook.serving.handoff import hand_off
+from webhook.serving.health import Health, health_app, write_worker_state
 from webhook.serving.limits import BodyBudget, Limits, release_memory
 from webhook.serving.metrics import Metrics
-from webhook.serving.startup_probe import StartupProbe
+from webhook.serving.startup import StartupProbe
 from webhook.serving.tls import ServingCertificate
-from webhook.sources.manifests import ObjectShapeError
-from webhook.sources.serviceaccounts import ServiceAccountSource
 
 log = logging.getLogger("webhook")
 
 
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def guard_middleware(guard: ConnectionGuard) -> Middleware:
+    """Tells the connection guard when its connection has a request being answered (exempt from the header and idle
+    deadlines until the answer is ready), and ends every connection after its answer while handing off."""
+
+    @web.middleware
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        connection = guard.request_started(request.transport)
+        try:
+            response = await handler(request)
+        finally:
+            guard.request_finished(connection)
+        if guard.closing:
+            response.force_close()  # handing off (serve --reuse-port): the client reconnects, to the successor
+        return response
+
+    return guarded
 
 
 def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: ConnectionGuard | None = None,
@@ -49,57 +63,49 @@ def webhook_app(handler: AdmissionHandler, max_request_bytes: int, guard: Connec
     body_timeout = bounds.body_timeout
     guard = guard or ConnectionGuard(bounds)  # without a GuardedSite it tracks nothing
 
-    def endpoint(answer_with: Callable[[bytes], Awaitable[bytes]]) -> Callable[[web.Request], Awaitable[web.Response]]:
-        # The connection guard is told here, not by an aiohttp middleware (each middleware costs a coroutine per
-        # review, and aiohttp adds one more for any app that has middlewares).
-        async def answer(request: web.Request) -> web.Response:
-            connection = guard.request_started(request.transport)
-            try:
-                response = await respond(request, answer_with)
-            finally:
-                guard.request_finished(connection)
-            if guard.closing:
-                response.force_close()  # handing off (serve --reuse-port): the client reconnects, to the successor
-            return response
+    async def mutate(request: web.Request) -> web.Response:
+        return await answer(request, handler.review)
 
-        return answer
+    async def validate_service_account(request: web.Request) -> web.Response:
+        return await answer(request, handler.validate_service_account)
 
-    async def respond(request: web.Request, answer_with: Callable[[bytes], Awaitable[bytes]]) -> web.Response:
-        # The API server sends exactly this header; parsing it (request.content_type) costs a few microseconds.
-        if request.headers.get("Content-Type") != "application/json" \
-                and request.content_type != "application/json":
+    async def answer(request: web.Request, review: Callable[[bytes], Awaitable[bytes]]) -> web.Response:
+        """Refuse what is not an AdmissionReview we can take (415, 503, 413, 408), else read it and answer it."""
+        if request.content_type != "application/json":
             return json_error(415, f"Content-Type must be application/json, got {request.content_type!r}")
         refused = encoding_refusal(request)
         if refused is not None:
             return refused
         size = budget.charge(request.content_length, max_request_bytes)
-        if not budget.try_acquire(size) and not await budget.acquire(size, body_timeout):
+        if not await budget.acquire(size, body_timeout):
             return closing(json_error(503, "too many large reviews in flight; retry"))
         try:
             try:
-                # The usual review arrived whole with its headers: no deadline task needed to read it.
-                body = await (request.read() if request.content.is_eof() else
-                              asyncio.wait_for(request.read(), body_timeout))
+                body = await asyncio.wait_for(request.read(), body_timeout)
             except web.HTTPRequestEntityTooLarge:
                 return closing(json_error(413, f"request body larger than the configured limit of "
                                                f"{max_request_bytes} bytes (--max-request-bytes)"))
             except TimeoutError:
                 return closing(json_error(408, f"request body not received within {body_timeout:g}s"))
             try:
-                reply = await answer_with(body)
+                reply = await review(body)
             except BadReview as exc:
                 handler.metrics.admission.of("error", "").tally()
                 return json_error(400, str(exc))
-            except ObjectShapeError as exc:
+            except Exception:
+                # A bug of ours: still an AdmissionReview with the uid (the API server shows its message), and the
+                # traceback in our log, rather than aiohttp's bare text 500.
+                log.exception("internal error answering a review", extra={"uid": uid_of(body),
+                                                                          "path": request.path})
                 handler.metrics.admission.of("error", "").tally()
-                return json_error(400, f"AdmissionReview.request.object: {exc}")
+                reply = internal_error_review(body)
             return web.Response(body=reply, content_type="application/json")
         finally:
             budget.release(size)
 
-    app = web.Application(client_max_size=max_request_bytes)
-    app.router.add_post(MUTATE_PATH, endpoint(handler.review))
-    app.router.add_post(VALIDATE_SA_PATH, endpoint(handler.validate_service_account))
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[guard_middleware(guard)])
+    app.router.add_post(MUTATE_PATH, mutate)
+    app.router.add_post(VALIDATE_SA_PATH, validate_service_account)
     return app
 
 
@@ -107,9 +113,6 @@ def encoding_refusal(request: web.Request) -> web.Response | None:
     """415 for a compressed body, before it is read: the API server never compresses admission requests, and a
     0.5 MB gzip body inflating to 512 MiB cost 150 MB of memory on the way to its 413. (The webhook's runner
     also has aiohttp's decompression off, so nothing is inflated even before this check runs.)"""
-    headers = request.headers
-    if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
-        return None  # what the API server sends
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         return closing(json_error(415, f"Content-Encoding {encoding!r} is not supported; send the body "
@@ -126,64 +129,6 @@ def closing(response: web.Response) -> web.Response:
     """A refusal that also ends the connection: the unread body must not be parsed as the next request."""
     response.force_close()
     return response
-
-
-@dataclass
-class Health:
-    """Readiness: certificates loaded AND ServiceAccounts synced, and not shutting down."""
-
-    cert: ServingCertificate
-    source: ServiceAccountSource
-    rotator: CertRotator | None = None
-    shutting_down: bool = False
-    startup: StartupProbe[Any] | None = None
-    listening: bool = True  # False until the webhook port is open (serve sets it)
-
-    def ready(self) -> tuple[bool, str]:
-        if self.shutting_down:
-            return False, "shutting down"
-        if self.startup is not None and not self.startup.done:
-            return self.startup.status()
-        if self.rotator is not None and not self.rotator.done_once.is_set():
-            return False, f"certs are not ready yet: rotator has not finished ({self.rotator.last_error or 'running'})"
-        if not self.cert.loaded:
-            return False, f"certs are not ready yet: {self.cert.last_error or 'waiting for tls.crt/tls.key'}"
-        if not self.listening:
-            return False, "the webhook port is not open yet"
-        return self.source.ready()
-
-
-def health_app(health: Health) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def readyz(_: web.Request) -> web.Response:
-        ok, detail = health.ready()
-        return web.Response(text=("ok: " if ok else "not ready: ") + detail, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
-
-
-def write_worker_state(options: ServeOptions, health: Health, metrics: Metrics) -> None:
-    """A worker's readiness and its per-review metrics, for the supervisor's /readyz and /metrics (each file
-    replaced atomically: another process reads them). The metrics file is named by pid and outlives the worker,
-    so the supervisor's totals never go down when a worker is replaced (see webhook/serving/stats.py)."""
-    if options.worker_state_dir is None:
-        return
-    ok, detail = health.ready()
-    state_dir = Path(options.worker_state_dir)
-    _replace(state_dir / f"worker-{options.worker_index}.json",
-             orjson.dumps({"ready": ok, "detail": detail, "time": time.time(), "pid": os.getpid()}))
-    _replace(state_dir / f"admission-{os.getpid()}.json", metrics.admission.to_json())
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def metrics_app(metrics: Metrics) -> web.Application:
@@ -256,7 +201,7 @@ async def serve(options: ServeOptions, handler: AdmissionHandler, *, stop: async
     worker = options.worker_index is not None  # --workers: the supervisor serves health and metrics
     reuse = options.reuse_port  # all three ports shared with a successor (webhook/serving/handoff.py)
     runners = [] if worker else [
-        await start_site(health_app(health), parse_addr(options.health_addr), reuse_port=reuse),
+        await start_site(health_app(health.ready), parse_addr(options.health_addr), reuse_port=reuse),
         await start_site(metrics_app(handler.metrics), parse_addr(options.metrics_addr), reuse_port=reuse)]
 
     def report() -> None:

@@ -6,7 +6,7 @@ crash cannot corrupt another's state, and the cost is N watches per pod and N co
 0.4 KB per ServiceAccount each). Metrics aggregate through prometheus-client's multiprocess mode (a directory of
 memory-mapped files in a temporary directory, so /tmp must be writable: the chart mounts an in-memory emptyDir),
 except the per-review ones, which each worker writes to a file of its own about once a second
-(webhook/serving/stats.py) and the supervisor adds up when scraped.
+(webhook/serving/metrics.py: AdmissionStats) and the supervisor adds up when scraped.
 Only worker 0 runs the self-managed certificate rotator.
 """
 
@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 
 from webhook.cli.config import ServeOptions, parse_addr
-from webhook.serving.stats import AdmissionStats
+from webhook.serving.metrics import AdmissionCollector, AdmissionStats
 
 log = logging.getLogger("workers")
 
@@ -111,8 +111,6 @@ def worker_admission_stats(state_dir: Path) -> AdmissionStats:
 async def supervise(options: ServeOptions, argv: list[str]) -> int:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-    from webhook.serving.metrics import AdmissionCollector
-
     with tempfile.TemporaryDirectory(prefix="wi-webhook-workers-") as tmp:
         state_dir = Path(tmp)
         (state_dir / "metrics").mkdir()
@@ -124,13 +122,6 @@ async def supervise(options: ServeOptions, argv: list[str]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        async def readyz(_: web.Request) -> web.Response:
-            ok, detail = supervisor.ready()
-            return web.Response(text=("ok: " if ok else "not ready: ") + detail, status=200 if ok else 503)
-
         async def metrics(_: web.Request) -> web.Response:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=str(state_dir / "metrics"))  # type: ignore[no-untyped-call]
@@ -139,14 +130,12 @@ async def supervise(options: ServeOptions, argv: list[str]) -> int:
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
 
+        from webhook.serving.health import health_app
         from webhook.serving.server import start_site
 
-        health = web.Application()
-        health.router.add_get("/healthz", healthz)
-        health.router.add_get("/readyz", readyz)
         scrape = web.Application()
         scrape.router.add_get("/metrics", metrics)
-        runners = [await start_site(health, parse_addr(options.health_addr)),
+        runners = [await start_site(health_app(supervisor.ready), parse_addr(options.health_addr)),
                    await start_site(scrape, parse_addr(options.metrics_addr))]
         try:
             await supervisor.watch(stop)

@@ -6,7 +6,7 @@ Errors name the file (and document number) so that `mutate`/`check` can exit 2 w
 from __future__ import annotations
 
 import sys
-from collections.abc import ItemsView, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from webhook.core.constants import ANNOTATION_PREFIX
-from webhook.core.mutation import ServiceAccountInfo
+from webhook.core.model import ServiceAccountInfo
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -66,7 +66,11 @@ class Manifest:
 
 def _files(path: str) -> Iterator[tuple[str, str]]:
     if path == "-":
-        yield "<stdin>", sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:  # a detached or unreadable standard input
+            raise ManifestError(f"<stdin>: cannot read standard input: {exc}") from None
+        yield "<stdin>", text
         return
     target = Path(path)
     if target.is_dir():
@@ -125,65 +129,20 @@ def load(paths: Iterable[str]) -> list[Manifest]:
     return manifests
 
 
-_MISSING = object()
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class Pairs(Mapping[str, str]):
-    """A read-only mapping kept as one flat tuple (k1, v1, k2, v2, ...): about 100 bytes for one entry where a
-    dict takes 184. The cache holds one per annotated ServiceAccount; lookups scan the few entries."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._items = tuple(item for pair in values.items() for item in pair)
-
-    def __getitem__(self, key: str) -> str:
-        value: str | object = self.get(key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return str(value)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        keys = self._items[::2]  # searched by the tuple's own methods, in C (reviews read these several times each)
-        return self._items[2 * keys.index(key) + 1] if key in keys else default
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items[::2]
-
-    def items(self) -> ItemsView[str, str]:
-        return _PairsItems(self)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items[::2])
-
-    def __len__(self) -> int:
-        return len(self._items) // 2
-
-    def __repr__(self) -> str:
-        return f"Pairs({dict(self)!r})"
-
-
-class _PairsItems(ItemsView[str, str]):
-    """Iterates the pairs straight from the tuple: `dict(sa.annotations.items())` (every status annotation hashes
-    the annotations) then costs no per-key lookup."""
-
-    _mapping: Pairs
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        items = self._mapping._items
-        return zip(items[::2], items[1::2], strict=True)
-
-
-_EMPTY: Mapping[str, str] = Pairs({})
-
-
 def service_account_info(obj: dict[str, Any], default_namespace: str = "default") -> ServiceAccountInfo:
-    """Shrink a ServiceAccount object to what the webhook uses (its workload identity annotations and labels).
+    """Shrink a ServiceAccount object to what the webhook uses: namespace, name, resourceVersion, and ONLY the
+    annotations and labels whose key starts with `azure.workload.identity/` (`_identity_keys`).
 
-    Namespaces and annotation keys repeat across thousands of ServiceAccounts, so they are interned; identity
-    annotations are kept as compact `Pairs`, and objects without any share one empty mapping. About 0.4 KB per
-    cached ServiceAccount (bench/memory.py).
+    Every other key is dropped here, and under `serve` (the cache, `--objects`) this is the only view of a
+    ServiceAccount the mutation core and the policy get. So an annotation the webhook reads must keep that prefix,
+    or `_identity_keys` must change too; unit tests that build a ServiceAccountInfo by hand skip this filter.
+
+    Why: the cache holds every ServiceAccount of the cluster, whose other annotations (last-applied-configuration)
+    can be KBs each. Namespaces and keys repeat across thousands of ServiceAccounts, so they are interned. About
+    0.4 KB per cached ServiceAccount (bench/memory.py).
     """
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -197,9 +156,9 @@ def service_account_info(obj: dict[str, Any], default_namespace: str = "default"
     )
 
 
-def _identity_keys(values: Any) -> Mapping[str, str]:
+def _identity_keys(values: Any) -> dict[str, str]:
+    """The `azure.workload.identity/*` entries of an annotations or labels mapping (see service_account_info)."""
     if not isinstance(values, dict):
-        return _EMPTY
-    found = {sys.intern(k): str(v) for k, v in values.items()
-             if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX + "/")}
-    return Pairs(found) if found else _EMPTY
+        return {}
+    return {sys.intern(k): str(v) for k, v in values.items()
+            if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX + "/")}

@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from webhook.core.mutation import ServiceAccountInfo
-from webhook.policy.evaluate import OVERRIDE_PREFIX, NamespaceInfo
+from webhook.core.model import NamespaceInfo, ServiceAccountInfo
+from webhook.policy.rules import OVERRIDE_PREFIX
 from webhook.serving.metrics import Metrics
 from webhook.sources.cache import ListWatchCache, LookupFailed, NamespacedStore, core_api
 from webhook.sources.manifests import Manifest, ManifestError, ObjectShapeError, service_account_info, shape_problem
@@ -42,9 +42,7 @@ def is_dns_subdomain(name: str) -> bool:
 
 
 class ServiceAccountSource(Protocol):
-    def cached(self, namespace: str, name: str) -> Lookup | None:
-        """The answer when it is at hand (the usual case), or None when only `get` can tell. Lets the handler skip
-        a coroutine per review."""
+    """What the handler asks for a review's ServiceAccount (and Namespace); `serve` picks one of the two below."""
 
     async def get(self, namespace: str, name: str) -> Lookup: ...
 
@@ -76,8 +74,7 @@ class StaticServiceAccounts:
     """ServiceAccounts (and Namespaces) read from manifests (`--objects`): the default for local runs and CI."""
 
     def __init__(self, accounts: Iterable[ServiceAccountInfo], namespaces: Iterable[NamespaceInfo] = ()) -> None:
-        # The answers themselves are kept: a lookup runs per review, and making a Lookup costs more than finding it.
-        self._store: dict[Key, Lookup] = {(sa.namespace, sa.name): Lookup(sa, "cache") for sa in accounts}
+        self._store: dict[Key, ServiceAccountInfo] = {(sa.namespace, sa.name): sa for sa in accounts}
         self._namespaces = {ns.name: ns for ns in namespaces}
 
     @classmethod
@@ -101,16 +98,14 @@ class StaticServiceAccounts:
         return cls(accounts, namespaces)
 
     def add(self, sa: ServiceAccountInfo) -> None:
-        self._store[(sa.namespace, sa.name)] = Lookup(sa, "cache")
+        self._store[(sa.namespace, sa.name)] = sa
 
     def lookup(self, namespace: str, name: str) -> Lookup:
-        return self._store.get((namespace, name), _MISSING)
+        sa = self._store.get((namespace, name))
+        return _MISSING if sa is None else Lookup(sa, "cache")
 
     def namespace_now(self, name: str) -> NamespaceInfo | None:
         return self._namespaces.get(name)
-
-    def cached(self, namespace: str, name: str) -> Lookup | None:
-        return self.lookup(namespace, name)
 
     async def get(self, namespace: str, name: str) -> Lookup:
         return self.lookup(namespace, name)
@@ -232,27 +227,17 @@ class ClusterServiceAccounts:
                                              **cache_args)
         self.namespaces = _NamespaceCache(api_client, client_factory, lookup_timeout=lookup_timeout,
                                           **cache_args) if watch_namespaces else None
-        self._last = _MISSING  # the last cache answer, reused while it is the same object (event loop only)
         self._sa_lookups: LiveLookups[Key, ServiceAccountInfo] = LiveLookups(lambda key: self.accounts.fetch(key),
                                                                              negative_ttl)
         self._ns_lookups: LiveLookups[str, NamespaceInfo] | None = (
             LiveLookups(self.namespaces.fetch, negative_ttl) if self.namespaces is not None else None)
 
-    def cached(self, namespace: str, name: str) -> Lookup | None:
-        sa = self.accounts.cached((namespace, name))
-        if sa is None:
-            return None
-        self._metrics.sa_lookups_cached.inc()
-        last = self._last
-        if last.sa is not sa:  # a Lookup per review costs more than the cache lookup itself
-            last = self._last = Lookup(sa, "cache")
-        return last
-
     async def get(self, namespace: str, name: str) -> Lookup:
-        """A cache miss: a live GET, shared and remembered when missing (see LiveLookups)."""
-        hit = self.cached(namespace, name)
-        if hit is not None:
-            return hit
+        """From the watch cache; on a miss, a live GET, shared and remembered when missing (see LiveLookups)."""
+        sa = self.accounts.cached((namespace, name))
+        if sa is not None:
+            self._metrics.sa_lookup("cache").inc()
+            return Lookup(sa, "cache")
         if not is_dns_subdomain(name) or (namespace and not is_dns_subdomain(namespace)):
             self._metrics.sa_lookup("missing").inc()
             return _MISSING  # no such object can exist: nothing to ask the API server
