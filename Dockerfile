@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Image of the Azure Workload Identity webhook: `wi-webhook serve` as UID/GID 65532 on a read-only root filesystem.
+# Image of the Azure Workload Identity webhook: `wi-webhook` (by default `serve`) as UID/GID 65532 on a read-only root
+# filesystem.
 #
 # The base is pinned by tag. Pin it by digest as well where the registry can be reached, e.g.
 #   docker buildx imagetools inspect python:3.11-slim-bookworm --format '{{json .Manifest.Digest}}'
@@ -40,4 +41,6 @@ USER 65532:65532
 WORKDIR /
 # 9443 webhook (HTTPS), 9440 health (/healthz, /readyz), 8095 metrics.
 EXPOSE 9443 9440 8095
-ENTRYPOINT ["wi-webhook", "serve"]
+# Every command runs: `IMAGE` serves, `IMAGE check -f /src` checks manifests in CI (the chart passes `serve`).
+ENTRYPOINT ["wi-webhook"]
+CMD ["serve"]

@@ -159,3 +159,17 @@ def test_a_failing_core_still_answers_an_admission_review(monkeypatch: pytest.Mo
     assert record.exc_info is not None and "a bug in the core" in str(record.exc_info[1])
     assert record.uid == "uid-123"
     assert handler.metrics.admission.of("error", "ns").count == 1
+
+
+def test_dry_runs_are_answered_alike_and_counted_apart() -> None:
+    """sideEffects: None — a dry run gets the same answer as a real admission; only the metrics tell them apart."""
+    handler = AdmissionHandler(config(), StaticServiceAccounts([annotated_sa()]))
+
+    def body(dry_run: bool) -> bytes:
+        return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "namespace": "ns", "operation": "CREATE", "dryRun": dry_run, "object": pod()}})
+
+    real, dry = (orjson.loads(asyncio.run(handler.review(body(flag))))["response"] for flag in (False, True))
+    assert real == dry and real["allowed"] is True and real["patch"]
+    assert handler.metrics.admission.of("mutated", "ns").count == 2
+    assert handler.metrics.dry_run("mutated").value == 1

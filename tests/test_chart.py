@@ -632,9 +632,9 @@ def test_deployment_defaults() -> None:
     container = manager(objects)
     assert container["image"] == "ghcr.io/workload-identity-webhook/webhook:0.1.0"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert "command" not in container  # the image ENTRYPOINT is `wi-webhook serve`
+    assert "command" not in container  # the image's ENTRYPOINT is `wi-webhook`; args name the command
     assert container["args"] == [
-        "--log-level=info", "--metrics-addr=:8095", "--health-addr=:9440", "--port=9443", "--webhook-cert-dir=/certs",
+        "serve", "--log-level=info", "--metrics-addr=:8095", "--health-addr=:9440", "--port=9443", "--webhook-cert-dir=/certs",
         "--tls-min-version=1.3", "--native-sidecar=auto", "--workers=1", "--shutdown-delay=5",
         f"--cert-secret-name={SECRET_NAME}",
         f"--webhook-config-name={MWC_NAME}", f"--service-name={SERVICE_NAME}", "--cert-check-rotation-interval=12h",
@@ -746,8 +746,8 @@ def test_args_are_flags_that_serve_knows() -> None:
     assert "--log-level" in known and "--webhook-cert-dir" in known
     used: set[str] = set()
     for values in SCENARIOS.values():
-        args = manager(render(values))["args"]
-        assert all(arg.startswith("--") for arg in args), args  # ENTRYPOINT is `wi-webhook serve`: flags only
+        command, *args = manager(render(values))["args"]
+        assert command == "serve" and all(arg.startswith("--") for arg in args), args  # ENTRYPOINT is `wi-webhook`
         used |= set(flag_values(args))
     missing = sorted(used - known)
     assert not missing, f"the chart passes flags `wi-webhook serve --help` does not list: {missing}"

@@ -90,7 +90,8 @@ def test_dockerfile_is_hardened() -> None:
     build_runs = build.all("RUN")
     assert build_runs == ["pip wheel . -w /wheels"]
     assert runtime.all("USER")[-1] == "65532:65532"
-    assert runtime.instructions[-1] == ("ENTRYPOINT", '["wi-webhook", "serve"]')
+    # Every command runs (`IMAGE check -f /src`); with no arguments, or the chart's `serve ...`, it serves.
+    assert runtime.instructions[-2:] == [("ENTRYPOINT", '["wi-webhook"]'), ("CMD", '["serve"]')]
     assert set(runtime.all("EXPOSE")[0].split()) == {"9443", "9440", "8095"}
     env = env_of(runtime)
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"

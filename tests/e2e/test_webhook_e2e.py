@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import ssl
 import threading
@@ -218,12 +219,35 @@ def test_service_account_created_a_moment_before_the_pod(env: Env) -> None:
         assert values["AZURE_CLIENT_ID"] == f"00000000-0000-0000-0000-00000000000{i}"
 
 
-def test_dry_run_returns_the_mutation_and_stores_nothing(env: Env) -> None:
+def _dry_runs(webhook: WebhookProcess) -> float:
+    lines = webhook.get(webhook.metrics_port, "/metrics")[1].splitlines()
+    return sum(float(line.split()[-1]) for line in lines
+               if line.startswith('wi_webhook_admission_dry_runs_total{decision="mutated"}'))
+
+
+def test_dry_run_returns_the_mutation_and_stores_nothing(env: Env, webhook: WebhookProcess) -> None:
+    """`kubectl create --dry-run=server` (dryRun=All): the answer is the injected pod, nothing is stored, and the
+    webhook (sideEffects: None) changes nothing either; its metrics and logs tell the dry run from a real one."""
+    account = env.core.read_namespaced_service_account("workload", env.namespace).metadata.resource_version
+    pods = len(env.core.list_namespaced_pod(env.namespace).items)
+    before = _dry_runs(webhook)
     created = env.create(env.pod_body("dry"), dry_run="All")
     assert env_names(created["spec"]["containers"][0]) == FOUR
+    assert created["metadata"]["annotations"]["wi-webhook/status"]
     with pytest.raises(ApiException) as missing:
         env.stored("dry")
     assert missing.value.status == 404
+    assert len(env.core.list_namespaced_pod(env.namespace).items) == pods
+    assert env.core.read_namespaced_service_account("workload", env.namespace).metadata.resource_version == account
+    configs = client.AdmissionregistrationV1Api(env.api).list_mutating_webhook_configuration().items
+    assert {hook.side_effects for config in configs for hook in config.webhooks} == {"None"}
+    assert _dry_runs(webhook) == before + 1
+    reviewed = [json.loads(line) for line in webhook.logs().splitlines() if '"pod reviewed"' in line]
+    assert [entry["dry-run"] for entry in reviewed if entry.get("pod") == "dry"] == [True]
+    env.create(env.pod_body("not-dry"))
+    assert _dry_runs(webhook) == before + 1
+    assert [entry["dry-run"] for entry in (json.loads(line) for line in webhook.logs().splitlines()
+                                           if '"pod reviewed"' in line) if entry.get("pod") == "not-dry"] == [False]
 
 
 def test_native_sidecar_auto_follows_the_api_server_version(env: Env, cluster: Any) -> None:

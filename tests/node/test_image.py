@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import ssl
+import subprocess
 import time
 import tomllib
 import uuid
@@ -32,8 +33,7 @@ def test_image_metadata_user_entrypoint_and_size(webhook_image: str) -> None:
     image = inspect_image(webhook_image)
     config = image["Config"]
     assert config["User"] == "65532:65532"
-    assert config["Entrypoint"] == ["wi-webhook", "serve"]
-    assert not config.get("Cmd")
+    assert config["Entrypoint"] == ["wi-webhook"] and config["Cmd"] == ["serve"]
     assert set(config["ExposedPorts"]) == {"9443/tcp", "9440/tcp", "8095/tcp"}
     assert config["WorkingDir"] == "/"
     labels = config["Labels"]
@@ -71,10 +71,45 @@ def test_the_installed_webhook_is_this_source_tree(webhook_image: str) -> None:
     layer (podman 4.3 did, see hack/image/build.sh) would otherwise test yesterday's webhook."""
     out = run_in_image(webhook_image, "python", "-c",
                        "import hashlib, pathlib, webhook; d = pathlib.Path(webhook.__file__).parent; "
-                       "[print(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(d.glob('*.py'))]")
+                       "[print(p.relative_to(d), hashlib.sha256(p.read_bytes()).hexdigest()) "
+                       "for p in sorted(d.rglob('*.py'))]")
     installed = dict(line.split() for line in out.splitlines())
-    source = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((REPO_ROOT / "webhook").glob("*.py"))}
+    package = REPO_ROOT / "webhook"
+    source = {str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted(package.rglob("*.py"))}
+    assert "core/mutation.py" in source
     assert installed == source, sorted(set(installed.items()) ^ set(source.items()))[:6]
+
+
+def test_the_image_runs_check_on_mounted_manifests(webhook_image: str, tmp_path: Path) -> None:
+    """The image runs every command, not only `serve` (README "Use it in CI": a CI job runs `check` in the image
+    over the repository mounted read-only): a finding exits 1 and names the file and line, a clean tree exits 0."""
+    src = tmp_path / "src"
+    (src / "k8s").mkdir(parents=True)
+    (src / "k8s" / "app.yaml").write_text(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: team,"
+        " annotations: {azure.workload.identity/client-id: 00000000-1111-2222-3333-444444444444}}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app, namespace: team}\nspec:\n  template:\n"
+        "    metadata: {labels: {azure.workload.identity/use: \"true\"}}\n"
+        "    spec: {serviceAccountName: app, containers: [{name: app, image: app}]}\n")
+    for path in (tmp_path, src, src / "k8s"):
+        path.chmod(0o755)  # readable by the image's user, 65532
+    (src / "k8s" / "app.yaml").chmod(0o644)
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return podman("run", "--rm", *ULIMITS, "--network", "none", "--read-only", "-v", f"{src}:/src:ro,z",
+                      "-e", "AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47", webhook_image, "check",
+                      "-f", "/src", *args, timeout=120, check=False)
+
+    clean = check()
+    assert clean.returncode == 0, clean.stderr
+    assert "1 workload checked: 1 injected, 0 denied" in clean.stdout
+    (src / "k8s" / "app.yaml").write_text((src / "k8s" / "app.yaml").read_text().replace(
+        "00000000-1111-2222-3333-444444444444", "not-a-guid"))
+    found = check()
+    assert found.returncode == 0 and "/src/k8s/app.yaml:1 ServiceAccount/team/app - WI002 warn" in found.stdout
+    enforced = check("--warnings-as-errors", "-o", "junit")
+    assert enforced.returncode == 1 and "<failure" in enforced.stdout and "WI002" in enforced.stdout
 
 
 @pytest.fixture
@@ -89,7 +124,7 @@ def serving(webhook_image: str, tmp_path: Path) -> Iterator[tuple[str, int, int,
     podman("run", "-d", "--name", name, *ULIMITS, "--read-only", "--network", "host",
            "-v", f"{certs}:/certs:ro,z", "-v", f"{REPO_ROOT / 'examples/demo'}:/demo:ro,z",
            "-e", "AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47",
-           webhook_image, "--host", "127.0.0.1", "--port", str(port), "--health-addr", f"127.0.0.1:{health}",
+           webhook_image, "serve", "--host", "127.0.0.1", "--port", str(port), "--health-addr", f"127.0.0.1:{health}",
            "--metrics-addr", f"127.0.0.1:{metrics}", "--webhook-cert-dir", "/certs", "--disable-cert-rotation",
            "--objects", "/demo/serviceaccounts.yaml")
     try:

@@ -77,9 +77,11 @@ class AdmissionHandler:
         else:
             log.debug("pod reviewed", extra={"uid": request.uid, "namespace": request.namespace, "pod": name,
                                              "decision": outcome, "containers": result.injected_containers,
-                                             "skipped": result.skipped_containers})
+                                             "skipped": result.skipped_containers, "dry-run": request.dry_run})
         reply = review_response(request, result, decision.warnings, decision.audit_annotations)
         self.metrics.admission.of(outcome, request.namespace).observe(time.perf_counter() - started)
+        if request.dry_run:  # sideEffects: None — nothing else differs for a dry run
+            self.metrics.dry_run(outcome).inc()
         return reply
 
     async def _decide(self, request: ReviewRequest) -> Decision:

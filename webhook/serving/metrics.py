@@ -140,9 +140,12 @@ DURATION_HELP = "Time to answer an admission review."
 REFERENCE_HELP = "Reference-compatible mutation latency (seconds) by namespace."
 _LE = [floatToGoString(bound) for bound in REFERENCE_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
 SA_LOOKUPS = "wi_webhook_serviceaccount_lookups"
+DRY_RUNS = "wi_webhook_admission_dry_runs"
 # The counters kept in AdmissionStats.counters: name -> (help, label name).
 COUNTERS = {
     SA_LOOKUPS: ("ServiceAccount lookups by where the answer came from (cache, live, missing, error).", "source"),
+    DRY_RUNS: ("Admission reviews of dry-run requests (kubectl --dry-run=server), by decision; also counted in "
+               "wi_webhook_admission_requests_total. Nothing is stored for them.", "decision"),
 }
 
 
@@ -213,6 +216,10 @@ class Metrics:
                                 ["rule", "mode"], registry=self.registry)
         self.cert_reloads = Counter("wi_webhook_certificate_reloads", "Serving certificate (re)loads.",
                                     ["result"], registry=self.registry)
+
+    def dry_run(self, decision: str) -> Tally:
+        """`wi_webhook_admission_dry_runs_total{decision}`: a review of a dry-run request."""
+        return self.admission.counter(DRY_RUNS, decision)
 
     def sa_lookup(self, source: str) -> Tally:
         """`wi_webhook_serviceaccount_lookups_total{source}`: cache, live, missing or error."""
