@@ -136,7 +136,8 @@ def _free_port() -> int:
     return free_port()
 
 
-def test_unreadable_stdin_is_an_input_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_stdin_is_an_input_error(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`-f -` when standard input cannot be read (a detached terminal, a CI runner's closed descriptor) is exit 2
     naming stdin, not an unexpected error."""
     class Unreadable:

@@ -139,6 +139,8 @@ class Rule:
     denial_reason: ClassVar[str] = ""  # the mutation denial that is this rule
 
     def __init_subclass__(cls) -> None:
+        if cls.id in RULES:
+            raise ValueError(f"rule {cls.id} is defined twice ({type(RULES[cls.id]).__name__} and {cls.__name__})")
         RULES[cls.id] = cls()
 
     def on_pod(self, review: PodUnderReview) -> Iterator[Hit]:
