@@ -634,7 +634,8 @@ def test_deployment_defaults() -> None:
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert "command" not in container  # the image's ENTRYPOINT is `wi-webhook`; args name the command
     assert container["args"] == [
-        "serve", "--log-level=info", "--metrics-addr=:8095", "--health-addr=:9440", "--port=9443", "--webhook-cert-dir=/certs",
+        "serve",
+        "--log-level=info", "--metrics-addr=:8095", "--health-addr=:9440", "--port=9443", "--webhook-cert-dir=/certs",
         "--tls-min-version=1.3", "--native-sidecar=auto", "--workers=1", "--shutdown-delay=5",
         f"--cert-secret-name={SECRET_NAME}",
         f"--webhook-config-name={MWC_NAME}", f"--service-name={SERVICE_NAME}", "--cert-check-rotation-interval=12h",

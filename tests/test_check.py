@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 import io
 import json
@@ -305,3 +306,68 @@ def test_running_pod_rules_follow_the_policy_and_namespace_labels() -> None:
     labelled = NamespaceInfo("ns", labels={"wi-webhook/enforce": "WI013"})
     report = check_running_pods([plain], lambda ns, name: None, find_namespace=lambda name: labelled)
     assert [f.mode for f in report.findings] == ["enforce"]
+
+
+def _as_injected_by_the_reference(pod: dict[str, Any], volume: str, mount_path: str, token_path: str,
+                                  client_id: str) -> dict[str, Any]:
+    """A running pod exactly as the reference injects it (no `wi-webhook/status` annotation): the projected token
+    volume, its mount and the four env vars, at the names and paths of that release."""
+    injected = copy.deepcopy(pod)
+    spec = injected["spec"]
+    spec["volumes"] = [{"name": volume, "projected": {"sources": [{"serviceAccountToken": {
+        "path": token_path, "expirationSeconds": 3600, "audience": "api://AzureADTokenExchange"}}]}}]
+    for container in spec["containers"]:
+        container["volumeMounts"] = [{"name": volume, "mountPath": mount_path, "readOnly": True}]
+        container["env"] = [{"name": "AZURE_CLIENT_ID", "value": client_id},
+                            {"name": "AZURE_TENANT_ID", "value": "72f988bf-86f1-41af-91ab-2d7cd011db47"},
+                            {"name": "AZURE_FEDERATED_TOKEN_FILE", "value": f"{mount_path}/{token_path}"},
+                            {"name": "AZURE_AUTHORITY_HOST", "value": "https://login.microsoftonline.com/"}]
+    return injected
+
+
+def test_running_pods_injected_by_either_webhook_are_injected() -> None:
+    """WI013 and WI012 read the pod itself: a pod as the reference v1.6.0 injects it, as a release before v1.6
+    injected it, and as this webhook injects it with --status-annotation=false, are all injected; a stale client id
+    is found on each."""
+    from tests.support import CLIENT, annotated_sa, config, mutate
+    from tests.support import pod as make_pod
+    from webhook.cli.check_workloads import check_running_pods
+
+    base = make_pod("app")
+    ours = jsonpatch.apply_patch(base, mutate(base, "ns", annotated_sa(), config(status_annotation=False)).patch)
+    pods = [
+        _as_injected_by_the_reference(base, "azure-workload-identity-reserved-425c89ed5bb78a7623fae60fd8a6f6",
+                                      "/var/run/secrets/azure/wi", "token/azure-identity-token", CLIENT),
+        _as_injected_by_the_reference(base, "azure-identity-token", "/var/run/secrets/azure/tokens",
+                                      "azure-identity-token", CLIENT),
+        ours,
+    ]
+    assert "wi-webhook/status" not in json.dumps(pods)
+    report = check_running_pods(pods, lambda ns, name: annotated_sa())
+    assert report.findings == [] and report.injected == 3
+    moved = annotated_sa(client_id="11111111-1111-1111-1111-111111111111")
+    report = check_running_pods(pods, lambda ns, name: moved)
+    assert [f.rule for f in report.findings] == ["WI012"] * 3
+    assert f"AZURE_CLIENT_ID='{CLIENT}' (now '11111111-1111-1111-1111-111111111111')" in report.findings[0].message
+    # A volume of that name that is not a projected token, or a token nobody mounts, is no injection.
+    fake = copy.deepcopy(pods[0])
+    fake["spec"]["volumes"][0] = {"name": fake["spec"]["volumes"][0]["name"], "emptyDir": {}}
+    unmounted = copy.deepcopy(pods[0])
+    unmounted["spec"]["containers"][0]["volumeMounts"] = []
+    report = check_running_pods([fake, unmounted], lambda ns, name: annotated_sa())
+    assert [f.rule for f in report.findings] == ["WI013", "WI013"]
+
+
+def test_a_tenant_named_by_the_service_account_is_compared_too() -> None:
+    from tests.support import annotated_sa, config, mutate
+    from tests.support import pod as make_pod
+    from webhook.cli.check_workloads import check_running_pods
+
+    tenant = "azure.workload.identity/tenant-id"
+    before = annotated_sa(**{tenant: "11111111-2222-3333-4444-555555555555"})
+    base = make_pod("app")
+    running = jsonpatch.apply_patch(base, mutate(base, "ns", before, config()).patch)
+    assert check_running_pods([running], lambda ns, name: before).findings == []
+    after = annotated_sa(**{tenant: "99999999-2222-3333-4444-555555555555"})
+    [finding] = check_running_pods([running], lambda ns, name: after).findings
+    assert finding.rule == "WI012" and "AZURE_TENANT_ID='11111111-2222-3333-4444-555555555555'" in finding.message

@@ -24,10 +24,11 @@ from typing import Any
 import jsonpatch
 
 from webhook.core.constants import USE_LABEL
+from webhook.core.injected import injected_env
 from webhook.core.model import Denial, MutationConfig, NamespaceInfo, ServiceAccountInfo
 from webhook.core.shape import read_pod
 from webhook.policy.evaluate import admit, check_running_pod, check_service_account, check_workload
-from webhook.policy.rules import RULES, Finding, Mode, RunningPod, WorkloadUnderCheck, was_injected
+from webhook.policy.rules import RULES, Finding, Mode, RunningPod, WorkloadUnderCheck
 from webhook.policy.schema import DEFAULT_POLICY, Policy
 from webhook.sources.manifests import Manifest, service_account_info
 
@@ -215,7 +216,7 @@ def check_running_pods(pods: list[dict[str, Any]],
         sa_name = str((pod.get("spec") or {}).get("serviceAccountName") or "default")
         report.workloads += 1
         report.checked.append((CLUSTER, 1, "Pod", namespace, name))
-        if was_injected(pod):
+        if injected_env(pod) is not None:
             report.injected += 1
         running = RunningPod(pod, namespace, name, sa_name, find_sa(namespace, sa_name))
         for finding in check_running_pod(running, policy, find_namespace(namespace)):

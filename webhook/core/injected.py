@@ -138,6 +138,35 @@ def proxy_sidecar_container(port: int, config: MutationConfig) -> dict[str, Any]
     return container
 
 
+# The reference before v1.6 named the token volume `azure-identity-token` and mounted it at
+# /var/run/secrets/azure/tokens; pods it injected then may still run.
+LEGACY_VOLUME_NAME = "azure-identity-token"
+
+
+def injected_env(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The env a webhook (this one or the reference, any release) gave a running pod, or None when none did.
+
+    Read from the pod itself, not from our status annotation, so that pods the reference injected (or ours with
+    `--status-annotation=false`) count: a projected ServiceAccount token volume named as either webhook names it,
+    mounted in a container that has AZURE_FEDERATED_TOKEN_FILE; that container's env (name: literal value)."""
+    spec = pod.get("spec") or {}
+    token_volumes = {volume.get("name") for volume in spec.get("volumes") or []
+                     if _is_token_volume(volume)}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        mounted = {mount.get("name") for mount in container.get("volumeMounts") or []}
+        env = {entry.get("name"): entry.get("value") for entry in container.get("env") or []}
+        if mounted & token_volumes and ENV_FEDERATED_TOKEN_FILE in env:
+            return env
+    return None
+
+
+def _is_token_volume(volume: Mapping[str, Any]) -> bool:
+    name = volume.get("name") or ""
+    sources = (volume.get("projected") or {}).get("sources") or []
+    return ((name.startswith(VOLUME_NAME_PREFIX) or name == LEGACY_VOLUME_NAME)
+            and any("serviceAccountToken" in source for source in sources))
+
+
 def annotations_hash(sa: ServiceAccountInfo) -> str:
     """12 hex chars of sha256 over the ServiceAccount's annotations (sorted JSON)."""
     return hashlib.sha256(orjson.dumps(dict(sa.annotations), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
@@ -146,8 +175,8 @@ def annotations_hash(sa: ServiceAccountInfo) -> str:
 def status_annotation(sa: ServiceAccountInfo, env_names: list[str], volume_name: str, config: MutationConfig) -> str:
     """`wi-webhook/status`: what was injected and from which ServiceAccount annotations (short hash).
 
-    Deterministic for the same inputs, so reinvocation stays a no-op; `check --cluster` compares the hash with the
-    ServiceAccount's current annotations to find pods running with a stale identity.
+    Deterministic for the same inputs, so reinvocation stays a no-op. Extra information for people: `check
+    --cluster` decides from the pod itself (`injected_env`), which works for pods either webhook injected.
     """
     return orjson.dumps({"version": config.webhook_version, "env": env_names, "volume": volume_name,
                          "mountPath": MOUNT_PATH, "serviceAccount": sa.name,

@@ -22,20 +22,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-import orjson
-
 from webhook.core.annotations import skipped_container_names, tenant_id, token_expiration
 from webhook.core.constants import (
     CLIENT_ID_ANNOTATION,
+    ENV_CLIENT_ID,
+    ENV_TENANT_ID,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
     SKIP_CONTAINERS_ANNOTATION,
-    STATUS_ANNOTATION,
     TENANT_ID_ANNOTATION,
     TOKEN_EXPIRATION_ANNOTATION,
     USE_LABEL,
 )
-from webhook.core.injected import annotations_hash, env_to_inject
+from webhook.core.injected import env_to_inject, injected_env
 from webhook.core.model import Denial, MutationConfig, MutationResult, ServiceAccountInfo
 
 if TYPE_CHECKING:
@@ -326,32 +325,28 @@ class LabelNotOnPodTemplate(Rule):
                       f"will not get a workload identity ({self.fix})")
 
 
-def was_injected(pod: Mapping[str, Any]) -> bool:
-    """Whether a running pod carries what this webhook records on the pods it injects."""
-    return STATUS_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
-
-
 class StaleIdentity(Rule):
     id, name, default = "WI012", "stale-identity", Mode.WARN
     fix = "restart the workload (kubectl rollout restart) so its pods get the ServiceAccount's current identity"
 
     def on_running_pod(self, pod: RunningPod) -> Iterator[Hit]:
-        if not was_injected(pod.pod):
+        env = injected_env(pod.pod)
+        if env is None:
             return
         if pod.sa is None:
             yield Hit(f"ServiceAccount {pod.namespace}/{pod.service_account} of pod {pod.name} no longer exists "
                       f"({self.fix})")
-        elif _recorded_hash(pod.pod) != annotations_hash(pod.sa):
-            yield Hit(f"ServiceAccount {pod.namespace}/{pod.service_account} changed its identity annotations after "
-                      f"pod {pod.name} was injected ({self.fix})")
-
-
-def _recorded_hash(pod: Mapping[str, Any]) -> Any:
-    """The ServiceAccount annotations' hash in the pod's status annotation (None when unreadable)."""
-    try:
-        return orjson.loads(pod["metadata"]["annotations"][STATUS_ANNOTATION]).get("annotationsHash")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return None
+            return
+        # What the pod got against what the ServiceAccount says now. The tenant is compared only when the annotation
+        # names one: without it the pod got the webhook's AZURE_TENANT_ID, which `check --cluster` does not know.
+        wanted = {ENV_CLIENT_ID: pod.sa.annotations.get(CLIENT_ID_ANNOTATION, "")}
+        if TENANT_ID_ANNOTATION in pod.sa.annotations:
+            wanted[ENV_TENANT_ID] = pod.sa.annotations[TENANT_ID_ANNOTATION]
+        changed = [f"{name}={env.get(name) or ''!r} (now {value!r})" for name, value in wanted.items()
+                   if (env.get(name) or "") != value]
+        if changed:
+            yield Hit(f"ServiceAccount {pod.namespace}/{pod.service_account} changed its identity after pod {pod.name} "
+                      f"was injected: the pod has {', '.join(changed)} ({self.fix})")
 
 
 class NotInjected(Rule):
@@ -360,7 +355,7 @@ class NotInjected(Rule):
            "the webhook was unavailable with failurePolicy Ignore)")
 
     def on_running_pod(self, pod: RunningPod) -> Iterator[Hit]:
-        if not was_injected(pod.pod):
+        if injected_env(pod.pod) is None:
             yield Hit(f"pod {pod.namespace}/{pod.name} has the {USE_LABEL} label but no workload identity was "
                       f"injected ({self.fix})")
 
