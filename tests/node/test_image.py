@@ -112,6 +112,34 @@ def test_the_image_runs_check_on_mounted_manifests(webhook_image: str, tmp_path:
     assert enforced.returncode == 1 and "<failure" in enforced.stdout and "WI002" in enforced.stdout
 
 
+def test_verify_runs_in_the_image_as_it_is(webhook_image: str, tmp_path: Path) -> None:
+    """`verify` in the image with nothing added: it gets as far as a real token request (here to an authority that
+    refuses connections) and gives the network advice, not "No module named 'azure'" (azure-identity and
+    azure-keyvault-secrets are dependencies of the package, not only of its tests)."""
+    claims = {"iss": "https://issuer.example", "sub": "system:serviceaccount:ns:sa", "aud": ["api://AzureADTokenExchange"],
+              "exp": int(time.time()) + 3600}
+    token = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                     for part in ({"alg": "RS256"}, claims)) + ".signature"
+    token_dir = tmp_path / "token"
+    token_dir.mkdir()
+    (token_dir / "azure-identity-token").write_text(token)
+    for path in (tmp_path, token_dir):
+        path.chmod(0o755)
+    (token_dir / "azure-identity-token").chmod(0o644)
+    closed = free_port()
+    proc = podman("run", "--rm", *ULIMITS, "--network", "host", "--read-only", "-v", f"{token_dir}:/token:ro,z",
+                  "-e", "AZURE_CLIENT_ID=00000000-1111-2222-3333-444444444444",
+                  "-e", "AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47",
+                  "-e", "AZURE_FEDERATED_TOKEN_FILE=/token/azure-identity-token",
+                  "-e", f"AZURE_AUTHORITY_HOST=https://127.0.0.1:{closed}/",
+                  webhook_image, "verify", "--keyvault", f"https://127.0.0.1:{closed}/", "--secret", "s",
+                  timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "No module named" not in out and "[PASS] token file" in out, out
+    assert "[FAIL] token acquisition: the authority host could not be reached" in out, out
+
+
 @pytest.fixture
 def serving(webhook_image: str, tmp_path: Path) -> Iterator[tuple[str, int, int, Path]]:
     """`serve` in the image as the image's user, read-only root, on free 127.0.0.1 ports (host network)."""
