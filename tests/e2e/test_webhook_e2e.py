@@ -41,7 +41,7 @@ from tests.e2e.helpers import (
 )
 from tests.processes import WebhookProcess, free_port, make_certs
 from webhook.cli.main import parse_server_version
-from webhook.core.mutation import volume_name_for
+from webhook.core.injected import volume_name_for
 
 
 @pytest.fixture(scope="module")
