@@ -157,7 +157,18 @@ def build_parser() -> Parser:
                        help="exit 0 when the input holds no workload and no ServiceAccount (default: exit 2, as a "
                             "mistyped path or an empty `helm template` output should not pass CI)")
 
-    verify = commands.add_parser("verify", help="diagnose this pod's workload identity (run inside the pod)")
+    verify = commands.add_parser(
+        "verify", help="diagnose a pod's workload identity: --pod from outside it (kubeconfig), or inside the pod",
+        description="Diagnose a pod's workload identity. With --pod, from anywhere a kubeconfig reaches the cluster: "
+                    "the pod's injection, its identity against its ServiceAccount, a token minted for it, and a real "
+                    "token request. Without --pod, inside the pod (its env and token file). Exit codes: 0 a token was "
+                    "obtained; 1 a check failed; 2 the diagnosis could not run (no cluster or pod, or a permission "
+                    "missing).")
+    verify.add_argument("--pod", default=None, metavar="POD",
+                        help="NAME, NAMESPACE/NAME or deploy/NAME (sts/, ds/, rs/, job/): diagnose it from outside")
+    verify.add_argument("-n", "--namespace", default="", help="the pod's namespace with --pod (default: default)")
+    verify.add_argument("--kubeconfig", default=None,
+                        help="with --pod: kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     verify.add_argument("--scope", default="https://management.azure.com/.default")
     verify.add_argument("--keyvault", default=None, metavar="URL", help="also read a secret from this vault")
     verify.add_argument("--secret", default=None, metavar="NAME", help="the secret to read with --keyvault")

@@ -292,9 +292,18 @@ def run_verify_command(args: argparse.Namespace) -> int:
 
     if bool(args.keyvault) != bool(args.secret):
         raise UsageError("--keyvault and --secret go together (the vault URL and the secret name to read)")
-    report = run_verify(os.environ, args.scope, args.keyvault, args.secret)
+    if args.pod:
+        from webhook.cli.verify_pod import parse_target, run_verify_pod
+
+        target = parse_target(args.pod, args.namespace)
+        report = run_verify_pod(api_client(args.kubeconfig), args.kubeconfig, target, args.scope, args.keyvault,
+                                args.secret)
+    else:
+        if args.namespace or args.kubeconfig:
+            raise UsageError("-n/--namespace and --kubeconfig go with --pod (verify without --pod runs inside the pod)")
+        report = run_verify(os.environ, args.scope, args.keyvault, args.secret)
     sys.stdout.write(render(report, args.output))
-    return 0 if report.ok else 1
+    return report.exit_code()
 
 
 def run_certs_generate(args: argparse.Namespace) -> int:

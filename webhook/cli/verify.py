@@ -47,10 +47,17 @@ class Check:
 class Report:
     checks: list[Check] = field(default_factory=list)
     token_obtained: bool = False
+    incomplete: bool = False  # a check was skipped: the caller may not do what it needs (verify --pod)
 
     @property
     def ok(self) -> bool:
         return self.token_obtained and all(c.status != "fail" for c in self.checks)
+
+    def exit_code(self) -> int:
+        """0 a token was obtained and nothing failed; 1 a check failed; 2 a check could not run."""
+        if self.ok:
+            return 0
+        return 2 if self.incomplete and all(c.status != "fail" for c in self.checks) else 1
 
     def add(self, name: str, status: str, detail: str = "", fix: str = "") -> Check:
         check = Check(name, status, detail, fix)
@@ -146,7 +153,15 @@ def run_verify(env: Mapping[str, str], scope: str = DEFAULT_SCOPE, keyvault: str
         report.add("token file", "fail", f"{path}: {exc}", "recreate the pod so the kubelet projects a new token")
         return report
     report.add("token file", "pass", f"{path} readable")
+    exchange(report, env, claims, scope, keyvault, secret, credential_factory, keyvault_client_factory)
+    return report
 
+
+def exchange(report: Report, env: Mapping[str, str], claims: Mapping[str, Any], scope: str, keyvault: str | None,
+             secret: str | None, credential_factory: Any = None, keyvault_client_factory: Any = None) -> None:
+    """The checks on a token's claims, the real token request with WorkloadIdentityCredential (env's client,
+    tenant, authority and AZURE_FEDERATED_TOKEN_FILE), and the optional Key Vault read; shared by `verify` in a pod
+    and `verify --pod` from outside it."""
     audience = claims.get("aud")
     audiences = audience if isinstance(audience, list) else [audience]
     left = int(claims.get("exp", 0) - time.time())
@@ -165,13 +180,12 @@ def run_verify(env: Mapping[str, str], scope: str = DEFAULT_SCOPE, keyvault: str
     except Exception as exc:  # azure-identity raises ClientAuthenticationError and transport errors
         diagnosis, fix = advice_for(str(exc), claims, env)
         report.add("token acquisition", "fail", f"{diagnosis}: {str(exc).strip()[:600]}", fix)
-        return report
+        return
     report.token_obtained = True
     report.add("token acquisition", "pass", f"access token for {scope}, expires in "
                f"{int(access.expires_on - time.time())}s")
     if keyvault and secret:
         _probe_keyvault(report, credential, keyvault, secret, env, keyvault_client_factory)
-    return report
 
 
 def _credential(env: Mapping[str, str]) -> Any:
@@ -210,12 +224,12 @@ def _probe_keyvault(report: Report, credential: Any, vault: str, secret: str, en
 
 def render(report: Report, output: str) -> str:
     if output == "json":
-        return json.dumps({"ok": report.ok, "tokenObtained": report.token_obtained,
+        return json.dumps({"ok": report.ok, "tokenObtained": report.token_obtained, "exitCode": report.exit_code(),
                            "checks": [asdict(c) for c in report.checks]}, indent=2) + "\n"
     lines = []
     for check in report.checks:
         lines.append(f"[{check.status.upper():4}] {check.name}: {check.detail}")
-        if check.fix and check.status == "fail":
+        if check.fix and check.status in ("fail", "skip"):
             lines.append(f"       fix: {check.fix}")
     lines.append("workload identity OK" if report.ok else "workload identity NOT working")
     return "\n".join(lines) + "\n"

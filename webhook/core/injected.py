@@ -29,6 +29,7 @@ from webhook.core.constants import (
     MOUNT_PATH,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
+    TENANT_ID_ANNOTATION,
     TOKEN_FILE_PATH,
     TOKEN_RELATIVE_PATH,
     VOLUME_NAME_PREFIX,
@@ -147,17 +148,33 @@ def injected_env(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The env a webhook (this one or the reference, any release) gave a running pod, or None when none did.
 
     Read from the pod itself, not from our status annotation, so that pods the reference injected (or ours with
-    `--status-annotation=false`) count: a projected ServiceAccount token volume named as either webhook names it,
-    mounted in a container that has AZURE_FEDERATED_TOKEN_FILE; that container's env (name: literal value)."""
+    `--status-annotation=false`) count: a token volume (`token_volumes`) mounted in a container that has
+    AZURE_FEDERATED_TOKEN_FILE; that container's env (name: literal value)."""
     spec = pod.get("spec") or {}
-    token_volumes = {volume.get("name") for volume in spec.get("volumes") or []
-                     if _is_token_volume(volume)}
+    names = {volume.get("name") for volume in token_volumes(pod)}
     for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
         mounted = {mount.get("name") for mount in container.get("volumeMounts") or []}
         env = {entry.get("name"): entry.get("value") for entry in container.get("env") or []}
-        if mounted & token_volumes and ENV_FEDERATED_TOKEN_FILE in env:
+        if mounted & names and ENV_FEDERATED_TOKEN_FILE in env:
             return env
     return None
+
+
+def token_volumes(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The pod's volumes that either webhook added: a projected ServiceAccount token named as this webhook and the
+    reference v1.6 name it, or as releases before v1.6 did."""
+    return [volume for volume in (pod.get("spec") or {}).get("volumes") or [] if _is_token_volume(volume)]
+
+
+def identity_changes(env: Mapping[str, Any], sa: ServiceAccountInfo) -> list[str]:
+    """How the identity a running pod got (`injected_env`) differs from what its ServiceAccount says now, one
+    `NAME='had' (now 'is')` per env var. The tenant is compared only when the ServiceAccount names one: without the
+    annotation the pod got the webhook's AZURE_TENANT_ID, which a reader of the cluster does not know."""
+    wanted = {ENV_CLIENT_ID: sa.annotations.get(CLIENT_ID_ANNOTATION, "")}
+    if TENANT_ID_ANNOTATION in sa.annotations:
+        wanted[ENV_TENANT_ID] = sa.annotations[TENANT_ID_ANNOTATION]
+    return [f"{name}={env.get(name) or ''!r} (now {value!r})" for name, value in wanted.items()
+            if (env.get(name) or "") != value]
 
 
 def _is_token_volume(volume: Mapping[str, Any]) -> bool:

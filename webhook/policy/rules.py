@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from webhook.core.annotations import skipped_container_names, tenant_id, token_expiration
 from webhook.core.constants import (
     CLIENT_ID_ANNOTATION,
-    ENV_CLIENT_ID,
-    ENV_TENANT_ID,
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
     SKIP_CONTAINERS_ANNOTATION,
@@ -34,7 +32,7 @@ from webhook.core.constants import (
     TOKEN_EXPIRATION_ANNOTATION,
     USE_LABEL,
 )
-from webhook.core.injected import env_to_inject, injected_env
+from webhook.core.injected import env_to_inject, identity_changes, injected_env
 from webhook.core.model import Denial, MutationConfig, MutationResult, ServiceAccountInfo
 
 if TYPE_CHECKING:
@@ -337,13 +335,7 @@ class StaleIdentity(Rule):
             yield Hit(f"ServiceAccount {pod.namespace}/{pod.service_account} of pod {pod.name} no longer exists "
                       f"({self.fix})")
             return
-        # What the pod got against what the ServiceAccount says now. The tenant is compared only when the annotation
-        # names one: without it the pod got the webhook's AZURE_TENANT_ID, which `check --cluster` does not know.
-        wanted = {ENV_CLIENT_ID: pod.sa.annotations.get(CLIENT_ID_ANNOTATION, "")}
-        if TENANT_ID_ANNOTATION in pod.sa.annotations:
-            wanted[ENV_TENANT_ID] = pod.sa.annotations[TENANT_ID_ANNOTATION]
-        changed = [f"{name}={env.get(name) or ''!r} (now {value!r})" for name, value in wanted.items()
-                   if (env.get(name) or "") != value]
+        changed = identity_changes(env, pod.sa)
         if changed:
             yield Hit(f"ServiceAccount {pod.namespace}/{pod.service_account} changed its identity after pod {pod.name} "
                       f"was injected: the pod has {', '.join(changed)} ({self.fix})")
