@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.node.images import ImageError, ensure_example_image, ensure_proxy_stand_ins, ensure_webhook_image
+from tests.node.images import ImageError, ensure_example_image, ensure_reference_images, ensure_webhook_image
 from tests.node.kube import delete_namespace
 from tests.node.realnode import NodeCluster, NodeError, ensure_node_binaries
 from tests.node.release import CHART_NS, Release
@@ -52,9 +52,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if "example" not in _built and "image" in _built and _uses(session, "example_image"):
         _build(session, "example", "examples/keyvault-reader built on the image (podman)",
                lambda: ensure_example_image(_built["image"]))
-    if "proxy" not in _built and "image" in _built and _uses(session, "proxy_images"):
-        _build(session, "proxy", "stand-ins for the proxy and proxy-init images (podman)",
-               lambda: ensure_proxy_stand_ins(BASE_IMAGE))
+    if "reference" not in _built and "image" in _built and _uses(session, "proxy_images"):
+        _build(session, "reference", "hack/reference/images.sh (the reference's webhook, proxy and proxy-init "
+               "images from its Go module; ~2 min cold)", ensure_reference_images)
     if "bin_dir" not in _built and _uses(session, "node"):
         _build(session, "bin_dir", "hack/test-node/prepare.sh (packages; kubelet, kcm, scheduler: first time "
                "~3-8 min after the kube-apiserver build)", ensure_node_binaries)
@@ -75,8 +75,9 @@ def webhook_image() -> str:
 
 @pytest.fixture(scope="session")
 def proxy_images(webhook_image: str) -> tuple[str, str]:
-    """(PROXY_IMAGE, PROXY_INIT_IMAGE): local stand-ins for the reference's images, which cannot be pulled here."""
-    proxy, init = _get("proxy")
+    """(PROXY_IMAGE, PROXY_INIT_IMAGE): the reference's own proxy and proxy-init, built from its module (the
+    published images cannot be pulled here)."""
+    _, proxy, init = _get("reference")
     return str(proxy), str(init)
 
 

@@ -98,21 +98,11 @@ def ensure_example_image(base_image: str) -> str:
     return image
 
 
-STAND_INS_DIR = Path(__file__).resolve().parent / "stand-ins"
+REFERENCE_IMAGES_SCRIPT = REPO_ROOT / "hack" / "reference" / "images.sh"
 
 
-def ensure_proxy_stand_ins(base_image: str) -> tuple[str, str]:
-    """Local stand-ins for the reference's proxy and proxy-init images (which cannot be pulled here), built on
-    `base_image`: (PROXY_IMAGE, PROXY_INIT_IMAGE)."""
-    names = []
-    for kind in ("proxy", "proxy-init"):
-        containerfile = STAND_INS_DIR / f"Containerfile.{kind}"
-        digest = hashlib.sha256(inspect_image(base_image)["Id"].encode())
-        for path in sorted(STAND_INS_DIR.iterdir()):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        image = f"localhost/wi-webhook-test/{kind}:test-{digest.hexdigest()[:16]}"
-        if podman("image", "exists", image, check=False).returncode != 0:
-            podman("build", "--pull=never", "--network", "none", *ULIMITS, "--build-arg", f"BASE={base_image}",
-                   "--file", str(containerfile), "--tag", image, str(STAND_INS_DIR), timeout=600)
-        names.append(image)
-    return names[0], names[1]
+def ensure_reference_images() -> tuple[str, str, str]:
+    """The reference's images (webhook, proxy, proxy-init) on the project's Debian base, built from its module by
+    hack/reference/images.sh (cached by content); needs the base the project's image build makes."""
+    webhook, proxy, proxy_init = run_script(REFERENCE_IMAGES_SCRIPT, timeout=IMAGE_BUILD_TIMEOUT_S).split()
+    return webhook, proxy, proxy_init

@@ -1,10 +1,12 @@
 """A pod with `inject-proxy-sidecar` on the real node: the kubelet accepts and runs the containers the webhook
-injects, `azwi-proxy-init` (root, privileged, NET_ADMIN) and `azwi-proxy` (non-root, read-only root, postStart
-probe), as a native sidecar (an init container with restartPolicy Always) and as a classic sidecar container.
+injects, the reference's own `azwi-proxy-init` (its init-iptables.sh as root, privileged, NET_ADMIN: the IMDS
+address redirected to the proxy's port in the pod's network namespace) and `azwi-proxy` (non-root, read-only root,
+its postStart `--probe` against /readyz), as a native sidecar (an init container with restartPolicy Always) and as
+a classic sidecar container. Both images are built from the reference's Go module (hack/reference/images.sh).
 
-The reference's images cannot be pulled here: PROXY_IMAGE/PROXY_INIT_IMAGE name local stand-ins
-(tests/node/stand-ins). The webhook refuses the proxy for hostNetwork pods (as the reference does), so this is the
-one pod of the suite on the CNI bridge; nothing dials it: its state is read from the API server."""
+The webhook refuses the proxy for hostNetwork pods (as the reference does), so this is the one pod of the suite on
+the CNI bridge; nothing dials it: its state and logs are read from the API server. A token fetched through the
+proxy needs the Entra stand-in reachable from the pod network, which the hostNetwork harness does not have."""
 
 from __future__ import annotations
 
@@ -61,8 +63,11 @@ def test_the_kubelet_runs_the_injected_proxy_containers(release: Release, webhoo
                     + core.read_namespaced_pod("app", ns).status.container_statuses}
         assert statuses["azwi-proxy-init"].state.terminated.exit_code == 0
         assert statuses["azwi-proxy"].state.running is not None and statuses["azwi-proxy"].started
-        assert "PROXY_PORT=8000 uid=0" in logs(release.api, ns, "app", "azwi-proxy-init")
-        assert "listening on 127.0.0.1:8000" in logs(release.api, ns, "app", "azwi-proxy")
+        rules = logs(release.api, ns, "app", "azwi-proxy-init")  # init-iptables.sh lists the nat table it set
+        assert "Chain AZWI_PROXY_REDIRECT" in rules and "redir ports 8000" in rules, rules
+        assert "169.254.169.254" in rules and "owner UID match 1501" in rules, rules
+        proxy_log = logs(release.api, ns, "app", "azwi-proxy")
+        assert "starting the proxy server" in proxy_log and "received readyz request" in proxy_log, proxy_log
         # The sandbox is torn down by the kubelet (CNI DEL) before the namespace goes.
         core.delete_namespaced_pod("app", ns, grace_period_seconds=1)
         wait_for(lambda: not core.list_namespaced_pod(ns).items, 90, "the proxy pod deleted")
