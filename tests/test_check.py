@@ -371,3 +371,33 @@ def test_a_tenant_named_by_the_service_account_is_compared_too() -> None:
     after = annotated_sa(**{tenant: "99999999-2222-3333-4444-555555555555"})
     [finding] = check_running_pods([running], lambda ns, name: after).findings
     assert finding.rule == "WI012" and "AZURE_TENANT_ID='11111111-2222-3333-4444-555555555555'" in finding.message
+
+
+def test_files_as_arguments_and_what_is_not_a_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pre-commit hook passes: the staged files as arguments, among them YAML and JSON that are not
+    Kubernetes manifests. Without --skip-non-manifests those stay errors (exit 2: a CI job's typo must not pass);
+    with it they are named on stderr and left out. Nor is the webhook's AZURE_TENANT_ID needed to check."""
+    monkeypatch.delenv("AZURE_TENANT_ID", raising=False)
+    deployment = tmp_path / "deploy.yaml"
+    deployment.write_text(yaml.safe_dump_all([SA, workload("Deployment")]))
+    workflow = tmp_path / "ci.yml"
+    workflow.write_text("on: push\njobs: {test: {runs-on: ubuntu-latest, steps: [{run: make test}]}}\n")
+    broken = tmp_path / "tsconfig.json"
+    broken.write_text('{ // comments are not JSON\n  "compilerOptions": {}\n}\n')
+
+    assert main(["check", str(deployment), str(workflow)]) == 2
+    assert "has no kind" in capsys.readouterr().err
+    assert main(["check", "--skip-non-manifests", str(deployment), str(workflow), str(broken)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 workload checked: 1 injected, 0 denied, 0 warnings" in out
+    assert f"skipped what is not a Kubernetes manifest: {workflow}:1, {broken}" in err
+    assert main(["check", "--skip-non-manifests", str(workflow)]) == 2  # nothing to check is still exit 2
+    assert main(["check", "--skip-non-manifests", "--allow-empty", str(workflow)]) == 0
+    # A tenant the ServiceAccount names is still judged without AZURE_TENANT_ID.
+    bad_tenant = {**SA, "metadata": {**SA["metadata"], "annotations": {f"{WI}/client-id": CLIENT,
+                                                                        f"{WI}/tenant-id": "contoso"}}}
+    deployment.write_text(yaml.safe_dump_all([bad_tenant, workload("Deployment")]))
+    capsys.readouterr()
+    assert main(["check", str(deployment)]) == 0
+    assert "WI003" in capsys.readouterr().out

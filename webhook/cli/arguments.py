@@ -140,6 +140,12 @@ def build_parser() -> Parser:
     _common_flags(check)
     check.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
                        help="manifests: file, directory (recursive) or - for stdin (repeatable)")
+    check.add_argument("paths", nargs="*", metavar="PATH",
+                       help="more manifests, as -f (a pre-commit hook passes the staged files so)")
+    check.add_argument("--skip-non-manifests", action="store_true",
+                       help="leave out files that are not YAML/JSON and documents that are not Kubernetes objects "
+                            "(no apiVersion and kind: workflows, Chart.yaml), naming them on stderr, instead of "
+                            "exit 2 (for a pre-commit hook, or a scan of a whole repository)")
     check.add_argument("--cluster", action="store_true",
                        help="check the running pods of the --kubeconfig cluster instead of manifests: opted-in pods "
                             "that were not injected (WI013) or run with a stale identity (WI012)")

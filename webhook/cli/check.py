@@ -35,7 +35,7 @@ def run_check_command(args: argparse.Namespace, config: MutationConfig | None, p
     if args.cluster:
         report = _check_cluster(args, policy)
     else:
-        if not args.filename or config is None:
+        if not (args.filename or args.paths) or config is None:
             raise UsageError("check needs -f PATH (manifests) or --cluster --kubeconfig FILE")
         report = _check_manifests(args, config, policy)
     if args.output == "json":
@@ -80,15 +80,20 @@ def _check_manifests(args: argparse.Namespace, config: MutationConfig, policy: P
     from webhook.cli.check_workloads import CheckInputError, require_object_metadata, run_check
 
     namespace = args.namespace or "default"
-    require_stdin(args.filename, "-f")
+    paths = [*args.filename, *args.paths]
+    require_stdin(paths, "-f")
     require_stdin(args.objects, "--objects")
+    skipped: list[str] | None = [] if args.skip_non_manifests else None
     try:
-        manifests = load(args.filename)
+        manifests = load(paths, skipped)
         every = [*manifests, *load(args.objects)]
         require_object_metadata(every)
         known = StaticServiceAccounts.from_manifests(every, namespace)
     except (ManifestError, CheckInputError) as exc:
         raise UsageError(one_line(exc)) from None
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"wi-webhook: check: skipped what is not a Kubernetes manifest: {shown}", file=sys.stderr)
     find_sa, find_namespace = known.lookup, known.namespace_now
     searched = ["the input"] + [f"--objects {path}" for path in args.objects]
     if args.kubeconfig:
@@ -102,7 +107,7 @@ def _check_manifests(args: argparse.Namespace, config: MutationConfig, policy: P
     except CheckInputError as exc:
         raise UsageError(str(exc)) from None
     if not report.checked and not args.allow_empty:
-        raise UsageError(f"nothing to check in {', '.join(args.filename)}: no workload (Pod, Deployment, Job, ...) "
+        raise UsageError(f"nothing to check in {', '.join(paths)}: no workload (Pod, Deployment, Job, ...) "
                          "and no ServiceAccount found; check the -f paths (a mistyped glob or an empty `helm "
                          "template` output), or pass --allow-empty if that is expected")
     return report

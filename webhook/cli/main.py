@@ -65,10 +65,10 @@ def _options(model: type[WebhookOptions], args: argparse.Namespace) -> Any:
         raise UsageError(explain_validation_error(exc)) from None
 
 
-def _config(options: WebhookOptions, native_sidecar: bool) -> MutationConfig:
+def _config(options: WebhookOptions, native_sidecar: bool, require_tenant: bool = True) -> MutationConfig:
     try:
         return build_mutation_config(options, os.environ, native_sidecar=native_sidecar,
-                                     webhook_version=package_version())
+                                     require_tenant=require_tenant, webhook_version=package_version())
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -284,7 +284,10 @@ def run_check_command(args: argparse.Namespace) -> int:
     policy = _policy(options)
     if args.cluster:  # running pods are not mutated: no AZURE_TENANT_ID needed
         return run(args, None, policy, package_version())
-    return run(args, _config(options, native_sidecar=options.native_sidecar == "true"), policy, package_version())
+    # AZURE_TENANT_ID is the webhook's setting, not the manifests': check runs without it (a developer's shell, a CI
+    # job), and then judges only the tenants the ServiceAccounts name (policy/rules.py, WI003).
+    config = _config(options, native_sidecar=options.native_sidecar == "true", require_tenant=False)
+    return run(args, config, policy, package_version())
 
 
 def run_verify_command(args: argparse.Namespace) -> int:

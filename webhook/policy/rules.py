@@ -207,6 +207,8 @@ class InvalidTenantId(Rule):
 
     def on_pod(self, review: PodUnderReview) -> Iterator[Hit]:
         tenant = tenant_id(review.sa, review.config.tenant_id)
+        if TENANT_ID_ANNOTATION not in review.sa.annotations and not review.config.tenant_id:
+            return  # `check` without AZURE_TENANT_ID: the webhook's tenant is not known here
         if not is_guid(tenant):
             origin = (f"{who(review.sa)} annotation {TENANT_ID_ANNOTATION}"
                       if TENANT_ID_ANNOTATION in review.sa.annotations else "the webhook's AZURE_TENANT_ID")

@@ -115,18 +115,33 @@ def _documents(text: str) -> Iterator[tuple[Any, int]]:
         loader.dispose()
 
 
-def load(paths: Iterable[str]) -> list[Manifest]:
-    """All objects in the given files/directories ("-" is stdin), in order."""
+def load(paths: Iterable[str], skipped: list[str] | None = None) -> list[Manifest]:
+    """All objects in the given files/directories ("-" is stdin), in order.
+
+    With `skipped` (check --skip-non-manifests, for a pre-commit hook or a scan of a whole repository), a file that
+    is not YAML/JSON and a document that is not a Kubernetes object (a mapping with apiVersion and kind: a
+    workflow, a Chart.yaml) are named in it and left out instead of being errors."""
     manifests: list[Manifest] = []
     for path in paths:
         for source, text in _files(path):
             try:
                 documents = list(_documents(text))
             except yaml.YAMLError as exc:
-                raise ManifestError(f"{source}: not valid YAML/JSON: {exc}") from None
+                if skipped is None:
+                    raise ManifestError(f"{source}: not valid YAML/JSON: {exc}") from None
+                skipped.append(source)
+                continue
             for index, (document, line) in enumerate(documents):
+                if skipped is not None and not _is_kubernetes_object(document):
+                    if document is not None:
+                        skipped.append(f"{source}:{line}")
+                    continue
                 manifests.extend(_flatten(document, source, index, line))
     return manifests
+
+
+def _is_kubernetes_object(document: Any) -> bool:
+    return isinstance(document, dict) and bool(document.get("apiVersion")) and bool(document.get("kind"))
 
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
