@@ -18,7 +18,7 @@ demo: $(STAMP)
 	AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47 $(PY) hack/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check webhook tests hack bench examples
+	$(VENV)/bin/ruff check webhook tests hack bench examples action
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, type-check, unit, server and end-to-end tests against a real kube-apiserver

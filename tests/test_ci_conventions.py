@@ -6,6 +6,9 @@ The snippets below are what README "Use it in CI" shows; each test runs them as 
 only the repository's URL and ref replaced by this work tree. actionlint and shellcheck are built by
 hack/actionlint/build.sh and pre-commit's environments kept in ~/.cache/wi-webhook-test-bin (by version, and by
 the content of the hook's repository), so a second run builds and installs nothing.
+
+None of them sets AZURE_TENANT_ID: `check` does not need the webhook's tenant (every run here is without it, unless
+a test sets it to show that WI003 then judges it).
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ permissions:
 jobs:
   wi-webhook:
     runs-on: ubuntu-24.04
-    env:
-      AZURE_TENANT_ID: 72f988bf-86f1-41af-91ab-2d7cd011db47   # your tenant: the webhook's AZURE_TENANT_ID
     steps:
       - uses: actions/checkout@v4
       - uses: workload-identity-webhook/workload-identity-webhook@v0.1.0
@@ -74,8 +75,6 @@ wi-webhook:
   image:
     name: ghcr.io/workload-identity-webhook/workload-identity-webhook:v0.1.0
     entrypoint: [""]
-  variables:
-    AZURE_TENANT_ID: 72f988bf-86f1-41af-91ab-2d7cd011db47   # your tenant: the webhook's AZURE_TENANT_ID
   script:
     - wi-webhook check -f k8s/ --objects k8s/serviceaccounts.yaml --policy policy.yaml -o junit > report.xml
   artifacts:
@@ -84,7 +83,6 @@ wi-webhook:
       junit: report.xml
 """
 SHELL = """\
-export AZURE_TENANT_ID=72f988bf-86f1-41af-91ab-2d7cd011db47   # your tenant: the webhook's AZURE_TENANT_ID
 wi-webhook check -f k8s/ --objects k8s/serviceaccounts.yaml --policy policy.yaml
 """
 SNIPPETS = {"pre-commit": PRE_COMMIT_CONFIG, "GitHub Action": WORKFLOW, "GitLab CI": GITLAB_JOB, "shell": SHELL}
@@ -132,12 +130,13 @@ BAD = ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: worker-config\n  nam
        "  mode: batch\n---\n" + deployment("worker", "batch"))
 BAD_LINE = BAD.splitlines().index("apiVersion: apps/v1") + 1
 GITHUB_WORKFLOW = "name: build\non: push\njobs:\n  build:\n    runs-on: ubuntu-24.04\n    steps: [{run: make}]\n"
+TSCONFIG = '{\n  // not JSON, not Kubernetes\n  "compilerOptions": {}\n}\n'
 
 
 def write_project(root: Path) -> Path:
     files = {"k8s/serviceaccounts.yaml": SERVICE_ACCOUNTS, "policy.yaml": POLICY, "k8s/good.yaml": GOOD,
              "k8s/bad.yaml": BAD, ".github/workflows/build.yml": GITHUB_WORKFLOW,
-             "tsconfig.json": '{\n  // not JSON, not Kubernetes\n  "compilerOptions": {}\n}\n'}
+             "tsconfig.json": TSCONFIG}
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
@@ -158,15 +157,21 @@ def user_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def check_json(project: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = run([str(VENV_BIN / "wi-webhook"), "check", *args, "-o", "json"], project,
-               user_env(AZURE_TENANT_ID=TENANT))
+def wi_webhook(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """This .venv's wi-webhook in the project, without AZURE_TENANT_ID unless given."""
+    return run([str(VENV_BIN / "wi-webhook"), *args], project, user_env(**env))
+
+
+def check_json(project: Path, *args: str, **env: str) -> tuple[int, dict[str, Any]]:
+    proc = wi_webhook(project, "check", *args, "-o", "json", **env)
     return proc.returncode, json.loads(proc.stdout) if proc.stdout else {}
 
 
+CHECK_K8S = ("-f", "k8s/", "--objects", "k8s/serviceaccounts.yaml", "--policy", "policy.yaml")
+
+
 def the_finding(project: Path) -> dict[str, Any]:
-    code, report = check_json(project, "-f", "k8s/", "--objects", "k8s/serviceaccounts.yaml", "--policy",
-                              "policy.yaml")
+    code, report = check_json(project, *CHECK_K8S)
     assert code == 1, report
     [finding] = report["findings"]
     assert (finding["file"], finding["line"], finding["rule"], finding["mode"]) == \
@@ -174,16 +179,58 @@ def the_finding(project: Path) -> dict[str, Any]:
     return finding
 
 
-def test_check_takes_many_files_one_flag_each_and_exits_with_the_worst(tmp_path: Path) -> None:
-    """What the hook and the action run: `-f` once per file; 0 clean, 1 a finding in any file, 2 unreadable."""
+def test_check_takes_many_files_and_exits_with_the_worst(tmp_path: Path) -> None:
+    """What the hook and the action run: many files, as PATH arguments (the hook) or with `-f` each (the action);
+    0 clean, 1 a finding in any file, 2 unreadable."""
     project = write_project(tmp_path)
     common = ["--objects", "k8s/serviceaccounts.yaml", "--policy", "policy.yaml"]
     assert check_json(project, "-f", "k8s/good.yaml", "-f", "k8s/good.yaml", *common)[0] == 0
-    code, report = check_json(project, "-f", "k8s/good.yaml", "-f", "k8s/bad.yaml", *common)
-    assert code == 1 and report["summary"]["workloads"] == 2
+    for files in (["-f", "k8s/good.yaml", "-f", "k8s/bad.yaml"], ["k8s/good.yaml", "k8s/bad.yaml"]):
+        code, report = check_json(project, *common, *files)
+        assert code == 1 and report["summary"]["workloads"] == 2, files
     assert check_json(project, "-f", "k8s/good.yaml", "-f", "k8s/missing.yaml", *common)[0] == 2
-    # check refuses what is not a Kubernetes object: why the hook and the action choose the files they give it.
-    assert check_json(project, "-f", ".github/workflows/build.yml", "--allow-empty")[0] == 2
+    assert check_json(project, *common, "k8s/good.yaml", "k8s/missing.yaml")[0] == 2
+
+
+def test_check_skips_what_is_not_a_manifest_when_asked(tmp_path: Path) -> None:
+    """The hook's and the action's --skip-non-manifests: a workflow and a tsconfig.json with comments, refused by a
+    plain check (exit 2: a CI job's wrong path must not pass), are named on stderr and left out, and the manifests
+    beside them are checked. Nothing left to check is still exit 2, unless --allow-empty (the hook)."""
+    project = write_project(tmp_path)
+    others = [".github/workflows/build.yml", "tsconfig.json"]
+    for other, message in zip(others, ("document 1 (line 1) has no kind", "not valid YAML/JSON"), strict=True):
+        plain = wi_webhook(project, "check", "--allow-empty", other)
+        assert plain.returncode == 2 and f"{other}: {message}" in plain.stderr, plain.stderr
+    skipped = f"wi-webhook: check: skipped what is not a Kubernetes manifest: {', '.join(others)}".replace(
+        "build.yml", "build.yml:1")
+    hook = wi_webhook(project, "check", "--allow-empty", "--skip-non-manifests", *CHECK_K8S[2:], *others,
+                      "k8s/bad.yaml")
+    assert hook.returncode == 1 and skipped in hook.stderr, hook.stderr
+    assert f"k8s/bad.yaml:{BAD_LINE} Deployment/team-a/worker - WI001 enforce " in hook.stdout
+    nothing = wi_webhook(project, "check", "--skip-non-manifests", *others)
+    assert nothing.returncode == 2 and "nothing to check in" in nothing.stderr, nothing.stderr
+    allowed = wi_webhook(project, "check", "--skip-non-manifests", "--allow-empty", *others)
+    assert (allowed.returncode, allowed.stderr.strip()) == (0, skipped)
+
+
+def test_check_needs_no_tenant_and_judges_one_that_is_set(tmp_path: Path) -> None:
+    """Without AZURE_TENANT_ID (every snippet here), WI003 judges only the tenants the ServiceAccounts name; set
+    (README: the webhook's tenant, in the shell or the job's env), it judges that too."""
+    project = write_project(tmp_path)
+
+    def rules(**env: str) -> list[tuple[str, str]]:
+        code, report = check_json(project, *CHECK_K8S, **env)
+        assert code == 1, report
+        return sorted((f["file"], f["rule"]) for f in report["findings"])
+
+    assert rules() == rules(AZURE_TENANT_ID=TENANT) == [("k8s/bad.yaml", "WI001")]
+    assert rules(AZURE_TENANT_ID="contoso") == [("k8s/bad.yaml", "WI001"), ("k8s/bad.yaml", "WI003"),
+                                                ("k8s/good.yaml", "WI003")]
+    accounts = project / "k8s/serviceaccounts.yaml"
+    accounts.write_text(SERVICE_ACCOUNTS.replace("    azure.workload.identity/client-id:",
+                                                 "    azure.workload.identity/tenant-id: contoso\n"
+                                                 "    azure.workload.identity/client-id:"))
+    assert rules() == [("k8s/bad.yaml", "WI001"), ("k8s/good.yaml", "WI003"), ("k8s/serviceaccounts.yaml", "WI003")]
 
 
 # actionlint, shellcheck ------------------------------------------------------------------------------------------
@@ -360,12 +407,12 @@ def annotations(stdout: str) -> list[str]:
 
 
 def test_action_as_the_readme_workflow_uses_it(action_run: ActionRun, project: Path) -> None:
-    """The README workflow's `with:` and job env: the step exits with check's code, the report goes to the SARIF
-    file, and the finding becomes `::error file=F,line=L::RULE message`, L where its document starts."""
+    """The README workflow's `with:` (no AZURE_TENANT_ID): the step exits with check's code, the report goes to the
+    SARIF file, and the finding becomes `::error file=F,line=L::RULE message`, L where its document starts."""
     job = yaml.safe_load(WORKFLOW)["jobs"]["wi-webhook"]
     [step] = [s for s in job["steps"] if s.get("uses", "").startswith("workload-identity-webhook/")]
     finding = the_finding(project)
-    result = action_run(step["with"], job["env"])
+    result = action_run(step["with"], job.get("env", {}))
     assert result.returncode == 1, result.stderr
     assert annotations(result.stdout) == [f"::error file=k8s/bad.yaml,line={BAD_LINE}::WI001 {finding['message']}"]
     sarif = json.loads((project / "wi-webhook.sarif").read_text())
@@ -376,34 +423,40 @@ def test_action_as_the_readme_workflow_uses_it(action_run: ActionRun, project: P
 
 
 def test_action_defaults_and_version(action_run: ActionRun, project: Path) -> None:
-    """Defaults: `paths: .` finds the manifests and skips the workflow and tsconfig.json (check alone would exit 2
-    on them); text on the log; WI001 is a warning without the policy (exit 0, `::warning`), an error with
-    warnings-as-errors. `version` installs that tag of this repository."""
-    result = action_run({}, {"AZURE_TENANT_ID": TENANT})
+    """Defaults: `paths: .` checks the manifests and skips the workflow and tsconfig.json, naming them in the log
+    (check without --skip-non-manifests would exit 2 on them); text on the log; WI001 is a warning without the
+    policy (exit 0, `::warning`), an error with warnings-as-errors. `version` installs that tag of this
+    repository. An AZURE_TENANT_ID in the job's env reaches check, whose WI003 then judges it."""
+    result = action_run({}, {})
     assert result.returncode == 0, result.stderr
     assert f"k8s/bad.yaml:{BAD_LINE} Deployment/team-a/worker - WI001 warn " in result.stdout
+    assert "skipped what is not a Kubernetes manifest: .github/workflows/build.yml:1, tsconfig.json" in result.stderr
     [line] = annotations(result.stdout)
     assert line.startswith(f"::warning file=k8s/bad.yaml,line={BAD_LINE}::WI001 ")
-    strict = action_run({"warnings-as-errors": "true", "version": "v9.9.9"}, {"AZURE_TENANT_ID": TENANT})
+    strict = action_run({"warnings-as-errors": "true", "version": "v9.9.9"}, {})
     assert strict.returncode == 1 and annotations(strict.stdout) == [line]
     assert action_run.installed()[-1].endswith(f" git+{UPSTREAM}@v9.9.9")
+    tenant = action_run({}, {"AZURE_TENANT_ID": "contoso"})
+    message = "WI003 tenant id 'contoso' from the webhook's AZURE_TENANT_ID is not a GUID"
+    assert tenant.returncode == 0 and annotations(tenant.stdout)[1:] == [
+        f"::warning file={file},line={start}::{message}" for file, start in (("k8s/bad.yaml", BAD_LINE),
+                                                                             ("k8s/good.yaml", 1))]
 
 
 def test_action_when_check_cannot_run(action_run: ActionRun, project: Path) -> None:
-    """Exit 2 with check's message and no annotation: a mistyped path, a directory with no manifest, a bad input,
-    the tenant missing."""
-    env = {"AZURE_TENANT_ID": TENANT}
+    """Exit 2 with check's message and no annotation: a mistyped path, a directory with no manifest (what it
+    skipped is named), a bad input."""
     (project / "empty").mkdir()
     (project / "empty/notes.yaml").write_text("just: yaml\n")
     for inputs, message in (({"paths": "k8s/typo.yaml"}, "k8s/typo.yaml: no such file"),
-                            ({"paths": "empty"}, "empty/notes.yaml: document 1 (line 1) has no kind"),
+                            ({"paths": "empty"}, "skipped what is not a Kubernetes manifest: empty/notes.yaml:1\n"
+                                                 "wi-webhook: nothing to check in empty: "),
+                            ({"paths": "k8s/typo*.yaml"}, "k8s/typo*.yaml: no such file"),
                             ({"warnings-as-errors": "yes"}, "warnings-as-errors: 'yes' is not true or false"),
                             ({"format": "xml"}, "invalid choice: 'xml'")):
-        result = action_run(inputs, env)
+        result = action_run(inputs, {})
         assert (result.returncode, annotations(result.stdout)) == (2, []), inputs
         assert message in result.stderr, (inputs, result.stderr)
-    result = action_run({}, {})
-    assert result.returncode == 2 and "AZURE_TENANT_ID" in result.stderr
 
 
 def load_action_script(name: str) -> ModuleType:
@@ -433,21 +486,35 @@ def test_annotations_levels_and_escaping() -> None:
     assert script.annotation(finding(file="/elsewhere/a.yaml"), "/w").startswith("::warning file=/elsewhere/a")
 
 
-def test_action_arguments_choose_the_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_action_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check's arguments for the inputs: --skip-non-manifests, `-f` per path (default `.`, globs expanded, a glob
+    that matches nothing kept for check to name), --objects per path, --policy, --warnings-as-errors; a
+    warnings-as-errors that is not true or false is refused (exit 2, nothing printed)."""
     script = load_action_script("arguments")
     project = write_project(tmp_path)
-    (project / "k8s/list.json").write_text('{"apiVersion": "v1", "kind": "List", "items": []}')
-    (project / ".hidden").mkdir()
-    (project / ".hidden/pod.yaml").write_text(GOOD)
     monkeypatch.chdir(project)
-    assert script.check_arguments({"PATHS": " .\n", "OBJECTS": "k8s/serviceaccounts.yaml",
-                                   "POLICY": "policy.yaml", "WARNINGS_AS_ERRORS": "true"}) == [
-        "-f", "k8s/bad.yaml", "-f", "k8s/good.yaml", "-f", "k8s/list.json", "-f", "k8s/serviceaccounts.yaml",
-        "-f", "policy.yaml", "--objects", "k8s/serviceaccounts.yaml", "--policy", "policy.yaml",
-        "--warnings-as-errors"]
-    assert script.check_arguments({"PATHS": "k8s/*.yaml tsconfig.json k8s/none*.yaml"}) == [
-        "-f", "k8s/bad.yaml", "-f", "k8s/good.yaml", "-f", "k8s/serviceaccounts.yaml", "-f", "tsconfig.json",
-        "-f", "k8s/none*.yaml"]
+    assert script.check_arguments({}) == ["--skip-non-manifests", "-f", "."]
+    assert script.check_arguments({"PATHS": " .\n", "OBJECTS": "k8s/serviceaccounts.yaml\n k8s/*ts.yaml",
+                                   "POLICY": " policy.yaml ", "WARNINGS_AS_ERRORS": "True"}) == [
+        "--skip-non-manifests", "-f", ".", "--objects", "k8s/serviceaccounts.yaml", "--objects",
+        "k8s/serviceaccounts.yaml", "--policy", "policy.yaml", "--warnings-as-errors"]
+    globs = {"PATHS": "k8s/*.yaml tsconfig.json k8s/none*.yaml", "WARNINGS_AS_ERRORS": "false"}
+    assert script.check_arguments(globs) == [
+        "--skip-non-manifests", "-f", "k8s/bad.yaml", "-f", "k8s/good.yaml", "-f", "k8s/serviceaccounts.yaml",
+        "-f", "tsconfig.json", "-f", "k8s/none*.yaml"]
+    (project / "k8s/team-b/apps").mkdir(parents=True)
+    (project / "k8s/team-b/apps/web.yaml").write_text(GOOD)
+    assert script.check_arguments({"PATHS": "k8s/**/*.yaml"}) == [
+        "--skip-non-manifests", "-f", "k8s/bad.yaml", "-f", "k8s/good.yaml", "-f", "k8s/serviceaccounts.yaml",
+        "-f", "k8s/team-b/apps/web.yaml"]
+    with pytest.raises(script.InputError, match="warnings-as-errors: 'yes' is not true or false"):
+        script.check_arguments({"WARNINGS_AS_ERRORS": "yes"})
+    for environ, code, stdout in (({"PATHS": "k8s/good.yaml"}, 0, "--skip-non-manifests\0-f\0k8s/good.yaml\0"),
+                                  ({"WARNINGS_AS_ERRORS": "1"}, 2, "")):
+        proc = run([sys.executable, str(ROOT / "action/arguments.py")], project,
+                   {k: v for k, v in os.environ.items()
+                    if k not in ("PATHS", "OBJECTS", "POLICY", "WARNINGS_AS_ERRORS")} | environ)
+        assert (proc.returncode, proc.stdout) == (code, stdout), proc.stderr
 
 
 # GitLab CI, shell ------------------------------------------------------------------------------------------------
@@ -462,7 +529,7 @@ def test_gitlab_job_script(project: Path) -> None:
     assert name == "ghcr.io/" + UPSTREAM.removeprefix("https://github.com/") and tag.startswith("v")
     assert "echo \"image=ghcr.io/${GITHUB_REPOSITORY,,}\"" in (ROOT / ".github/workflows/release.yml").read_text()
     assert job["artifacts"] == {"when": "always", "reports": {"junit": "report.xml"}}
-    env = user_env(**{k: str(v) for k, v in job["variables"].items()})
+    env = user_env(**{k: str(v) for k, v in job.get("variables", {}).items()})
     for line in job["script"]:
         proc = run(["sh", "-ec", line], project, env)
     assert proc.returncode == 1, proc.stderr
@@ -518,14 +585,15 @@ def hook_repository() -> Path:
 def test_pre_commit_hook_on_commits(tmp_path: Path) -> None:
     """The README's .pre-commit-config.yaml, installed as a git hook (`pre-commit install`) in a scratch repository,
     run by real commits, with no AZURE_TENANT_ID in the shell: the ServiceAccounts and the policy commit; a commit of
-    only a GitHub workflow passes, and one of only a ConfigMap; a good manifest passes; a bad one fails naming
-    file:LINE; 40 Deployments and their ServiceAccount in 41 new files of one commit pass (one check sees them all:
-    require_serial)."""
+    only a GitHub workflow and a tsconfig.json with comments passes (the hook runs, skips both, and has nothing to
+    check), and one of only a ConfigMap; a good manifest passes; a bad one fails naming file:LINE; 40 Deployments
+    and their ServiceAccount in 41 new files of one commit pass (one check sees them all: require_serial)."""
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     [hook] = hooks
     assert (hook["id"], hook["language"], hook["pass_filenames"], hook["require_serial"]) == \
            ("wi-webhook-check", "python", True, True)
     assert hook["types_or"] == ["yaml", "json"]
+    assert hook["entry"] == "wi-webhook check --allow-empty --skip-non-manifests"
     repo = hook_repository()
     rev = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     home = CACHE / "pre-commit" / "home"
@@ -559,7 +627,8 @@ def test_pre_commit_hook_on_commits(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     print(f"first commit (the hook's environment, when not cached): {time.monotonic() - started:.0f} s")
 
-    workflow = commit(".github/workflows/build.yml", text={".github/workflows/build.yml": GITHUB_WORKFLOW})
+    workflow = commit(".github/workflows/build.yml", "tsconfig.json",
+                      text={".github/workflows/build.yml": GITHUB_WORKFLOW, "tsconfig.json": TSCONFIG})
     assert workflow.returncode == 0, workflow.stdout + workflow.stderr
     assert re.search(r"wi-webhook check\.+Passed", workflow.stdout + workflow.stderr)
 
@@ -605,6 +674,22 @@ def test_ci_workflow_runs_the_readme_test_command() -> None:
     assert shlex.split(command)[-2:] == ["make", "test"] and shlex.split(command)[0] == "sudo"
 
 
+def test_ci_workflow_runs_the_action_on_the_examples(tmp_path: Path) -> None:
+    """ci.yml's `action` job: this commit's action (`uses: ./`) on examples/, with no AZURE_TENANT_ID, as the
+    action's steps run (ActionRun): the examples are clean (exit 0, no annotation, an empty SARIF report)."""
+    job = workflow("ci.yml")["jobs"]["action"]
+    assert steps_using(job) == ["actions/checkout@v4", "./"]
+    [step] = [s for s in job["steps"] if s.get("uses") == "./"]
+    assert "AZURE_TENANT_ID" not in json.dumps(job)
+    workspace = tmp_path / "checkout"
+    shutil.copytree(ROOT / "examples", workspace / "examples")
+    (tmp_path / "runner").mkdir()
+    result = ActionRun(workspace, tmp_path / "runner" / "temp")(step["with"], step.get("env", {}))
+    assert (result.returncode, annotations(result.stdout)) == (0, []), result.stderr
+    sarif = json.loads((workspace / step["with"]["output-file"]).read_text())
+    assert sarif["runs"][0]["tool"]["driver"]["name"] == "wi-webhook" and sarif["runs"][0]["results"] == []
+
+
 def test_release_workflow() -> None:
     release = workflow("release.yml")
     assert release["on"] == {"push": {"tags": ["v*"]}}
@@ -635,12 +720,9 @@ def test_release_workflow() -> None:
 
 # README ----------------------------------------------------------------------------------------------------------
 def test_readme_shows_what_these_tests_run() -> None:
-    """README "Use it in CI" shows each snippet above as it is (the text to paste is in the hand-over,
-    /tmp/readme-use-in-ci.md, until it is in README)."""
+    """README "Use it in CI" shows each snippet above as it is."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Use it in CI", 1)[1].split("\n## ", 1)[0]
-    if "wi-webhook-check" not in section:
-        pytest.skip("README 'Use it in CI' has no pre-commit, Action and GitLab text yet")
     blocks = re.findall(r"^```[a-z]*\n(.*?)^```", section, re.M | re.S)
     for name, snippet in SNIPPETS.items():
         assert snippet in blocks, f"README 'Use it in CI' lacks the {name} snippet as tested"
