@@ -180,12 +180,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def render(values: dict[str, Any] | None = None, *, namespace: str = NS) -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, *, namespace: str = NS, tests: bool = False) -> list[dict[str, Any]]:
+    """The objects `helm install` creates; with `tests`, also the `helm test` hook's (created only by `helm test`)."""
     objects: list[dict[str, Any]] = []
     for path, text in sorted(render_raw(values, namespace=namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
-        objects.extend(doc for doc in yaml.load_all(text, Loader=UniqueKeyLoader) if doc)
+        objects.extend(doc for doc in yaml.load_all(text, Loader=UniqueKeyLoader)
+                       if doc and (tests or (doc["metadata"].get("annotations") or {}).get("helm.sh/hook") != "test"))
     return objects
 
 
@@ -946,3 +948,24 @@ def test_serviceaccount_validator(mode: str) -> None:
     if mode == "existingSecret":
         assert hook["clientConfig"]["caBundle"] == "Y2E="
     assert "serviceAccountValidator" in helm_error({"serviceAccountValidator": {"enabled": "yes"}})
+
+
+def test_helm_test_hook_dry_runs_a_labelled_pod() -> None:
+    """`helm test`: the hook pod runs the webhook's image as the webhook runs, may only create pods in the test
+    namespace, and fails unless the dry-run pod comes back injected; it can be turned off."""
+    objects = render({}, tests=True)
+    hooks = [o for o in objects if (o["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(o["kind"] for o in hooks) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    for obj in hooks:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    pod = one(hooks, "Pod", "azure-wi-webhook-test")
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == manager(objects)["image"] and pod["spec"]["restartPolicy"] == "Never"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    script = container["args"][0]
+    assert 'dry_run="All"' in script and "AZURE_FEDERATED_TOKEN_FILE" in script and "sys.exit(" in script
+    role = one(hooks, "Role", "azure-wi-webhook-test")
+    assert role["metadata"]["namespace"] == "default" and role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]
+    assert not [o for o in render({"tests": {"enabled": False}}, tests=True)
+                if (o["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
