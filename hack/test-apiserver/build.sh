@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the kube-apiserver and etcd binaries used by the end-to-end tests (tests/e2e)
 # from the official Go modules pinned in go.mod / etcd/go.mod beside this script.
-# `build.sh --node` also builds kubelet, kube-controller-manager and kube-scheduler from the same
-# go.mod (its `tool` lines), for the real single-node cluster of tests/node (hack/test-node/).
+# `build.sh --node` also builds kubelet, kube-controller-manager, kube-scheduler and kube-proxy from
+# the same go.mod (its `tool` lines), for the real single-node cluster of tests/node (hack/test-node/).
 #
 # Binaries are cached outside the repo, in
 #   ${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/<k8s-version>/{kube-apiserver,etcd,...}
@@ -21,7 +21,7 @@ log() { echo "build.sh: $*" >&2; }
 binaries=(kube-apiserver etcd)
 case "${1:-}" in
   "") ;;
-  --node) binaries+=(kubelet kube-controller-manager kube-scheduler) ;;
+  --node) binaries+=(kubelet kube-controller-manager kube-scheduler kube-proxy) ;;
   *) log "unknown argument '$1' (usage: build.sh [--node])"; exit 2 ;;
 esac
 all_built() {

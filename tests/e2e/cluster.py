@@ -178,11 +178,14 @@ class TestCluster:
     """etcd + kube-apiserver started by this process. Build with `TestCluster.start(workdir)`."""
 
     __test__ = False  # not a pytest test class despite the name
+    HOST = "127.0.0.1"  # where etcd and the API server listen (tests/node/podnetwork.py: an address in its netns)
+    EXTRA_IPS: tuple[str, ...] = ()  # more IP addresses the serving certificate names
+    EXTRA_DNS_NAMES: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path, bin_dir: Path) -> None:
         self.workdir = workdir.resolve()
         self.bin_dir = bin_dir
-        self.host = "127.0.0.1"
+        self.host = self.HOST
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
         self.port = free_port()
@@ -196,7 +199,8 @@ class TestCluster:
         self.startup_seconds = 0.0
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        serving = make_serving_cert(pki, "kube-apiserver", ips=(self.host,), dns_names=("localhost",))
+        serving = make_serving_cert(pki, "kube-apiserver", ips=(self.host, *self.EXTRA_IPS),
+                                    dns_names=("localhost", *self.EXTRA_DNS_NAMES))
         self.ca_file = serving.ca_file
         self.serving_cert_file = serving.cert_file
         self.serving_key_file = serving.key_file

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from tests.node.images import ImageError, ensure_example_image, ensure_reference_images, ensure_webhook_image
 from tests.node.kube import delete_namespace
+from tests.node.podnetwork import ensure_podnet_tools
 from tests.node.realnode import NodeCluster, NodeError, ensure_node_binaries
 from tests.node.release import CHART_NS, Release
 from tests.processes import free_port
@@ -55,7 +56,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if "reference" not in _built and "image" in _built and _uses(session, "proxy_images"):
         _build(session, "reference", "hack/reference/images.sh (the reference's webhook, proxy and proxy-init "
                "images from its Go module; ~2 min cold)", ensure_reference_images)
-    if "bin_dir" not in _built and _uses(session, "node"):
+    if "podnet_tools" not in _built and _uses(session, "podnet"):
+        _build(session, "podnet_tools", "hack/helm/build.sh and hack/registry/build.sh (helm v4 and an OCI registry "
+               "from their Go modules; ~2 min cold)", ensure_podnet_tools)
+    if "bin_dir" not in _built and (_uses(session, "node") or _uses(session, "podnet")):
         _build(session, "bin_dir", "hack/test-node/prepare.sh (packages; kubelet, kcm, scheduler: first time "
                "~3-8 min after the kube-apiserver build)", ensure_node_binaries)
 

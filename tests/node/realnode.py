@@ -98,6 +98,8 @@ class NodeApiServer(TestCluster):
             "kubelet": (f"system:node:{node_name()}", "system:nodes"),
             "controller-manager": ("system:kube-controller-manager", ""),
             "scheduler": ("system:kube-scheduler", ""),
+            # bound to system:node-proxier by default (the pod-network node's kube-proxy: tests/node/podnetwork.py)
+            "kube-proxy": ("system:kube-proxy", ""),
         }
         self.kubeconfigs: dict[str, Path] = {}
         with self.token_file.open("a") as tokens:
@@ -178,6 +180,7 @@ class NodeCluster:
         problems += self._kill_leftover_shims()
         if self.api is not None:
             self.api.stop()
+        problems += self._leave_network()
         if self.host is not None:
             problems += self.host.restore(self.workdir)
             if not problems:
@@ -186,6 +189,10 @@ class NodeCluster:
             self._lock.close()  # releases the flock
             self._lock = None
         return problems
+
+    def _leave_network(self) -> list[str]:
+        """Undo what the cluster's network needed before the host is restored (tests/node/podnetwork.py: its netns)."""
+        return []
 
     def __enter__(self) -> NodeCluster:
         return self
