@@ -862,11 +862,15 @@ def test_service_monitor() -> None:
 def test_notes_explain_how_to_use_the_webhook() -> None:
     notes = render_raw()["workload-identity-webhook/templates/NOTES.txt"]
     for text in ('azure.workload.identity/use: "true"', "azure.workload.identity/client-id",
-                 "kubectl -n <namespace> get pod <pod> -o yaml", "wi-webhook verify", NS):
+                 "kubectl -n <namespace> get pod <pod> -o yaml", "wi-webhook verify --pod", NS):
         assert text in notes
     assert "WARNING" not in notes
     assert "WARNING: replicaCount is 1" in render_raw({"replicaCount": 1})[
         "workload-identity-webhook/templates/NOTES.txt"]
+    # The default image registry: said, with what to do when the cluster cannot pull from it; not for one's own.
+    assert "NOTE: image.repository is the chart's default" in notes and 'chart README, "Install"' in notes
+    mine = render_raw({"image": {"repository": "registry.example.com/platform/workload-identity-webhook"}})
+    assert "NOTE: image.repository" not in mine["workload-identity-webhook/templates/NOTES.txt"]
 
 
 def test_memory_limit_below_the_idle_figure_is_refused_and_a_low_one_warned() -> None:

@@ -47,4 +47,5 @@ def helm(podnet: PodNetworkCluster, tmp_path_factory: pytest.TempPathFactory) ->
                                  f"{proc.stderr}")
         return proc
 
+    run.env = env  # type: ignore[attr-defined]  # for a helm run in the background (tests/node/podnet/test_faults.py)
     return run

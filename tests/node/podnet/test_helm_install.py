@@ -5,13 +5,15 @@ network behind a ClusterIP Service, the API server calling that Service, self-ma
 name, the webhook reaching the API server through `kubernetes.default.svc`), `helm test`, a labelled pod injected
 and running on the pod network, and `helm uninstall`.
 
-The chart README's install section is these steps (test_the_chart_readme_install_section_is_this_test checks it).
+The `installed` fixture runs the chart README's install section itself.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +33,47 @@ APP_VERSION = re.search(r'^appVersion: "?([^"\n]+)', (CHART / "Chart.yaml").read
 CHART_VERSION = re.search(r"^version: (\S+)", (CHART / "Chart.yaml").read_text(), re.M).group(1)  # type: ignore[union-attr]
 
 
+def readme_install_commands() -> list[str]:
+    """The chart README's install commands, one per line (continuations joined)."""
+    section = (CHART / "README.md").read_text().split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def installed(podnet: PodNetworkCluster, helm: Helm, webhook_image: str, tmp_path_factory: pytest.TempPathFactory
-              ) -> Any:
-    """The chart README's install section, step by step."""
-    registry = podnet.registry
-    # 1. The image into the registry (the chart's default tag is its appVersion).
-    podnet.push(webhook_image, f"workload-identity-webhook:{APP_VERSION}")
-    # 2. The chart into the registry as an OCI artifact.
-    packages = tmp_path_factory.mktemp("charts")
-    helm("package", str(CHART), "-d", str(packages))
-    helm("push", str(packages / f"workload-identity-webhook-{CHART_VERSION}.tgz"), f"oci://{registry}/charts",
-         "--plain-http")
-    # 3. Install from the registry with the chart's defaults, but for the tenant and the image's registry.
-    helm("install", RELEASE, f"oci://{registry}/charts/workload-identity-webhook", "--version", CHART_VERSION,
-         "--plain-http", "--namespace", RELEASE_NS, "--create-namespace",
-         "--set", f"azureTenantID={TENANT}", "--set", f"image.repository={registry}/workload-identity-webhook",
-         "--wait", "--timeout", "180s")
-    return podnet.api_client()
+              ) -> Iterator[Any]:
+    """The chart README's install section, run as it is: the registry is the test's (plain HTTP, so
+    `--plain-http`/`--tls-verify=false` are added), `podman build` is hack/image/build.sh's build of the same
+    Dockerfile (tagged as the README names it), and commands run in a scratch directory."""
+    from tests.node.images import podman
+
+    workdir = tmp_path_factory.mktemp("install")
+    commands = readme_install_commands()
+    assert commands[0].startswith("REGISTRY=") and [c.split()[:2] for c in commands[1:]] == [
+        ["podman", "build"], ["podman", "push"], ["helm", "package"], ["helm", "push"], ["helm", "install"],
+        ["helm", "test"]], commands
+    for command in commands[1:]:
+        argv = shlex.split(command.replace("$REGISTRY", podnet.registry)
+                           .replace("<your-tenant-id>", TENANT).split("#", 1)[0])
+        if argv[:2] == ["podman", "build"]:
+            assert argv[-1] == "." and argv[2] == "-t"
+            podman("tag", webhook_image, argv[3])
+        elif argv[:2] == ["podman", "push"]:
+            podman("push", "--tls-verify=false", *argv[2:], timeout=300)
+        elif argv[:2] == ["helm", "package"]:
+            helm("package", str(REPO_ROOT / argv[2]), "-d", str(workdir))
+        elif argv[:2] == ["helm", "push"]:
+            helm("push", str(workdir / argv[2]), *argv[3:], "--plain-http")
+        elif argv[:2] == ["helm", "install"]:
+            helm(*argv[1:], "--plain-http", "--timeout", "180s")
+        else:
+            tested = helm(*argv[1:], timeout=240)
+            assert "ok: the webhook injected the labelled pod" in tested.stdout, tested.stdout
+    try:
+        yield podnet.api_client()
+    finally:
+        podman("rmi", f"{podnet.registry}/workload-identity-webhook:{APP_VERSION}", check=False)  # the tag only
 
 
 def test_the_default_install_serves_on_the_pod_network(installed: Any, podnet: PodNetworkCluster, helm: Helm) -> None:
@@ -67,7 +92,7 @@ def test_the_default_install_serves_on_the_pod_network(installed: Any, podnet: P
     assert base64.b64decode(hooks[0].client_config.ca_bundle) == base64.b64decode(secret.data["ca.crt"]) or \
         base64.b64decode(secret.data["ca.crt"]) in base64.b64decode(hooks[0].client_config.ca_bundle)
 
-    # helm test: a dry-run create through the API server, the Service and a replica comes back injected.
+    # `helm test` (run by the install section) went through the API server, the Service and a replica; again:
     tested = helm("test", RELEASE, "--namespace", RELEASE_NS, "--logs", timeout=240)
     assert "ok: the webhook injected the labelled pod" in tested.stdout, tested.stdout
 
