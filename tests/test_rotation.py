@@ -212,6 +212,15 @@ def test_first_issuance_does_not_wait() -> None:
     assert cluster.trusted() == [ca]
 
 
+def test_a_fresh_install_race_does_not_wait() -> None:
+    """Two replicas of a fresh install: the other's candidate is in the caBundle already, but the Secret has held no
+    CA, so no certificate was ever served and this replica need not wait the settle delay (it used to, 10 s)."""
+    other = certs.generate_ca()
+    cluster = FakeCluster({}, other.cert_pem)
+    rotator(cluster).reconcile()
+    assert [kind for kind, _ in cluster.events] == ["caBundle", "secret"], cluster.events
+
+
 def test_new_ca_is_trusted_for_the_settle_delay_before_the_secret_changes() -> None:
     old = plan_bundle({}, HOSTS, 90 * DAY)
     assert old is not None

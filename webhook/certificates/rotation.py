@@ -147,7 +147,10 @@ class CertRotator:
                 if previous:
                     bundle["ca-previous.crt"] = b"".join(previous)
                 self._inject_ca(trusted_cas(bundle), keep_current=True)
-                if previous and not self._settle(bundle["ca.crt"]):
+                # The new CA must reach the API servers before a certificate it signed is served, but only a
+                # Secret that held a CA can have had its certificate served. On a fresh install it held none: other
+                # replicas' candidates in the caBundle were never served, so the first issuance does not wait.
+                if data.get("ca.crt") and not self._settle(bundle["ca.crt"]):
                     if self._stop.is_set():
                         return  # shutting down: the Secret stays; another replica drops the unused candidate
                     continue  # the new CA left the caBundle meanwhile: start over
