@@ -23,19 +23,19 @@ from .tls import make_serving_cert
 
 class FakeKeyVault:
     def __init__(self, workdir: Path, authority: str, tenant: str, jwks: Callable[[], dict[str, Any]],
-                 vault_host: str | None = None) -> None:
+                 vault_host: str | None = None, address: str = "127.0.0.1") -> None:
         """`vault_host`: a DNS name like `my-vault.vault.localtest` that the client resolves to 127.0.0.1 (e.g. a
         pod's hostAliases). The URL then uses it and the challenge names its parent domain (and port) as the
         resource, as the real service does (`https://vault.azure.net` for `<name>.vault.azure.net`), so
         azure-keyvault-secrets' challenge-resource check passes unchanged. Without it: 127.0.0.1, and the client
-        must turn that check off.
+        must turn that check off. `address`: where it listens (the pod network's node address for pods there).
         """
         self.authority, self.tenant, self._jwks = authority, tenant, jwks
         self.vault_host = vault_host
         self.secrets: dict[str, str] = {}
         self.readers: set[str] = set()
         names = ("localhost", vault_host) if vault_host else ("localhost",)
-        pair = make_serving_cert(workdir, "fake-keyvault", dns_names=names)
+        pair = make_serving_cert(workdir, "fake-keyvault", ips=(address,), dns_names=names)
         self.ca_file = pair.ca_file
         owner = self
 
@@ -55,7 +55,7 @@ class FakeKeyVault:
 
         import ssl
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((address, 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(pair.cert_file, pair.key_file)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)

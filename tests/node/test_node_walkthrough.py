@@ -49,7 +49,8 @@ def stand_ins(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         entra.close()
 
 
-def manifests(image: str, entra: FakeEntra, vault: FakeKeyVault) -> list[dict[str, Any]]:
+def manifests(image: str, entra: FakeEntra, vault: FakeKeyVault, host_network: bool = True,
+              stand_ins_address: str = "127.0.0.1", pull_policy: str = "Never") -> list[dict[str, Any]]:
     objects = [doc for path in sorted((EXAMPLE_DIR / "manifests").glob("*.yaml"))
                for doc in yaml.safe_load_all(path.read_text()) if doc]
     for obj in objects:
@@ -58,10 +59,11 @@ def manifests(image: str, entra: FakeEntra, vault: FakeKeyVault) -> list[dict[st
             assert obj["metadata"]["annotations"]["azure.workload.identity/client-id"] == CLIENT_ID
         if obj["kind"] == "Deployment":
             spec = obj["spec"]["template"]["spec"]
-            spec["hostNetwork"] = True
-            spec["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": [VAULT_HOST]}]
+            if host_network:
+                spec["hostNetwork"] = True
+            spec["hostAliases"] = [{"ip": stand_ins_address, "hostnames": [VAULT_HOST]}]
             [app] = spec["containers"]
-            app["image"], app["imagePullPolicy"] = image, "Never"
+            app["image"], app["imagePullPolicy"] = image, pull_policy
             env = {e["name"]: e for e in app["env"]}
             env["KEYVAULT_URL"] = {"name": "KEYVAULT_URL", "value": f"{vault.url}/"}
             env["AZURE_AUTHORITY_HOST"] = {"name": "AZURE_AUTHORITY_HOST", "value": entra.authority_host}

@@ -38,7 +38,7 @@ CHART = Path(__file__).resolve().parents[3] / "charts" / "workload-identity-webh
 RELEASE, RELEASE_NS = "wi-faults", "azure-workload-identity-system"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 DEPLOYMENT = "azure-wi-webhook-controller-manager"
-SELECTOR = "azure-workload-identity.io/system=true"
+SELECTOR = f"release={RELEASE}"
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,51 @@ def test_a_killed_replica_fails_creations_only_briefly(release: dict[str, Any], 
         assert all("azure-wi-webhook-webhook-service" in f or "mutation.azure-workload-identity.io" in f
                    for f in failures), failures  # failed closed, naming the webhook
         assert len(failures) <= 10, failures
+
+
+def test_certificate_rotations_while_both_replicas_serve(release: dict[str, Any], podnet: PodNetworkCluster,
+                                                       helm: Helm, capsys: pytest.CaptureFixture[str]) -> None:
+    """renewBefore above the serving certificate's validity (365 days) makes every check (every 10 s) reissue it:
+    both replicas write the one Secret, and each reloads what it holds. No admission fails, and in the end both
+    serve a certificate that verifies, for the Service's DNS name, against the webhook configuration's caBundle."""
+    import base64
+    import socket
+    import ssl
+    import tempfile
+
+    api = release["api"]
+    core = client.CoreV1Api(api)
+    helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--reuse-values", "--wait", "--timeout", "180s",
+         "--set", "certificates.selfManaged.renewBefore=8761h",
+         "--set", "certificates.selfManaged.rotationCheckInterval=10s")
+    wait_for(rolled_out(api), 120, "the rollout with the rotation settings")
+
+    def serving_cert() -> bytes:
+        data: bytes = base64.b64decode(core.read_namespaced_secret("azure-wi-webhook-server-cert", RELEASE_NS)
+                                       .data["tls.crt"])
+        return data
+
+    first = serving_cert()
+    with namespace(api, "podnet-rotate") as ns:
+        workload_account(core, ns)
+        started = time.monotonic()
+        seen = {first}
+        admitted, failures = stream_creations(core, ns, lambda: seen.add(serving_cert()) is None and
+                                              len(seen) >= 3 and time.monotonic() - started > 35)
+        report(capsys, f"pod network, certificates reissued {len(seen) - 1} times while both replicas served: "
+                       f"{len(admitted)} creations admitted, {len(failures)} failed")
+        check_stream(admitted, failures)
+        assert failures == [] and len(seen) >= 3, (failures, len(seen))
+    bundle = base64.b64decode(client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(
+        "azure-wi-webhook-mutating-webhook-configuration").webhooks[0].client_config.ca_bundle)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as ca_file:
+        ca_file.write(bundle)
+        ca_file.flush()
+        context = ssl.create_default_context(cafile=ca_file.name)
+        for pod in replicas(api):  # each replica's certificate verifies against the caBundle (OpenSSL's checks)
+            with socket.create_connection((pod.status.pod_ip, 9443), timeout=5) as raw, context.wrap_socket(
+                    raw, server_hostname=f"azure-wi-webhook-webhook-service.{RELEASE_NS}.svc") as tls:
+                assert tls.getpeercert()
 
 
 def test_the_webhook_survives_an_api_server_restart(release: dict[str, Any], podnet: PodNetworkCluster) -> None:

@@ -80,7 +80,8 @@ def test_the_default_install_serves_on_the_pod_network(installed: Any, podnet: P
     apps, core = client.AppsV1Api(installed), client.CoreV1Api(installed)
     deployment = apps.read_namespaced_deployment("azure-wi-webhook-controller-manager", RELEASE_NS)
     assert deployment.spec.replicas == 2 and deployment.status.ready_replicas == 2
-    pods = core.list_namespaced_pod(RELEASE_NS, label_selector="azure-workload-identity.io/system=true").items
+    pods = [p for p in core.list_namespaced_pod(RELEASE_NS, label_selector=f"release={RELEASE}").items
+            if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
     assert len(pods) == 2 and all(p.status.pod_ip.startswith("10.244.0.") and not p.spec.host_network for p in pods)
     assert all(p.spec.containers[0].image == f"{podnet.registry}/workload-identity-webhook:{APP_VERSION}" for p in pods)
     service = core.read_namespaced_service("azure-wi-webhook-webhook-service", RELEASE_NS)
