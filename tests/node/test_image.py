@@ -140,6 +140,29 @@ def test_verify_runs_in_the_image_as_it_is(webhook_image: str, tmp_path: Path) -
     assert "[FAIL] token acquisition: the authority host could not be reached" in out, out
 
 
+def test_the_readme_gitlab_job_runs_in_the_image(webhook_image: str, tmp_path: Path) -> None:
+    """README "Use it in CI", GitLab: the job's script as a GitLab runner runs it in the image (`entrypoint: [""]`,
+    the checkout as the working directory): exit 1 on the finding and a JUnit report naming its file:LINE."""
+    import xml.etree.ElementTree as ET
+
+    import yaml
+
+    from tests.test_ci_conventions import BAD_LINE, GITLAB_JOB, write_project
+
+    job = yaml.safe_load(GITLAB_JOB)["wi-webhook"]
+    project = write_project(tmp_path / "project")
+    for path in [project, *project.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o644)  # the image's user (65532) writes report.xml there
+    [script] = job["script"]
+    proc = podman("run", "--rm", *ULIMITS, "--network", "none", "--entrypoint", "", "-v", f"{project}:/builds/p:z",
+                  "-w", "/builds/p", webhook_image, "sh", "-ec", script, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    suite = ET.parse(project / "report.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    [failure] = [case for case in suite if case.find("failure") is not None]
+    assert failure.get("name", "").startswith(f"k8s/bad.yaml:{BAD_LINE} ")
+
+
 @pytest.fixture
 def serving(webhook_image: str, tmp_path: Path) -> Iterator[tuple[str, int, int, Path]]:
     """`serve` in the image as the image's user, read-only root, on free 127.0.0.1 ports (host network)."""
