@@ -288,3 +288,13 @@ def test_unquoted_yaml_off_means_off() -> None:
     assert parse_policy(yaml.safe_load("modes: {WI001: off, WI010: Off}")).mode_for("WI001") is Mode.OFF
     with pytest.raises(PolicyError, match=r"modes\.WI001: True is not a mode"):
         parse_policy(yaml.safe_load("modes: {WI001: on}"))
+
+
+def test_readme_layout_names_every_module() -> None:
+    """README "Layout" names each module of the package, so a newcomer finds what each file is for."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    package = Path(__file__).parents[1] / "webhook"
+    missing = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+               if path.name != "__init__.py" and f"`{path.name}`" not in layout]
+    assert not missing, f"README Layout does not name {missing}"
