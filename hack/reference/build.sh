@@ -21,28 +21,15 @@ LDFLAGS+=" -X $PKG/webhook.ProxyImageRegistry=$REGISTRY"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin_dir="${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/reference-${REFERENCE_VERSION}-${RECIPE}"
-log() { echo "reference/build.sh: $*" >&2; }
-
+build_name=reference/build.sh
 built() { [[ -x "$bin_dir/azwi-webhook" && -x "$bin_dir/azwi-proxy" ]]; }
-if built; then
-  log "cached: $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
-grep -q "github.com/Azure/azure-workload-identity ${REFERENCE_VERSION}" "$here/go.mod" \
-  || { log "go.mod does not pin github.com/Azure/azure-workload-identity ${REFERENCE_VERSION}"; exit 1; }
+source "$here/../lib/cached-build.sh"
+exit_if_built
+require_pin github.com/Azure/azure-workload-identity "$REFERENCE_VERSION" "$here/go.mod"
 goproxy_dir="${WI_SHARED_GOPROXY:-$root/../shared/goproxy}"
 [[ -f "$goproxy_dir/monis.app/mlog/@v/v0.0.4.zip" ]] \
   || { log "no file proxy for monis.app/mlog at $goproxy_dir (set WI_SHARED_GOPROXY to shared/goproxy)"; exit 1; }
-
-mkdir -p "$bin_dir"
-exec 9>"$bin_dir/.build.lock"
-flock -w 1800 9 || { log "timed out waiting for another build (lock $bin_dir/.build.lock)"; exit 1; }
-if built; then
-  log "built by a concurrent run: $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
+take_build_lock
 
 upstream="$(go env GOPROXY | cut -d, -f1)"
 export GOPROXY="${upstream}|file://$(cd "$goproxy_dir" && pwd)" GONOSUMDB=monis.app/mlog GOFLAGS=-mod=readonly

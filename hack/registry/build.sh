@@ -13,41 +13,14 @@ set -euo pipefail
 REGISTRY_VERSION=v0.22.1  # must match the github.com/google/go-containerregistry requirement in go.mod
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+build_name=registry/build.sh
 bin_dir="${WI_TEST_BIN_DIR:-$HOME/.cache/wi-webhook-test-bin}/registry-${REGISTRY_VERSION}"
-
-log() { echo "registry/build.sh: $*" >&2; }
-
 built() { [[ -x "$bin_dir/registry" ]]; }
-if built; then
-  log "cached: $bin_dir"
-  echo "$bin_dir"
-  exit 0
-fi
-
-go_bin="$(command -v go || true)"
-if [[ -z "$go_bin" && -x /usr/local/go/bin/go ]]; then
-  go_bin=/usr/local/go/bin/go
-fi
-if [[ -z "$go_bin" ]]; then
-  log "no Go toolchain found (need go >= 1.26 on PATH or at /usr/local/go/bin/go)"
-  exit 1
-fi
-
-grep -q "github.com/google/go-containerregistry ${REGISTRY_VERSION}" "$here/go.mod" \
-  || { log "go.mod does not pin github.com/google/go-containerregistry ${REGISTRY_VERSION}"; exit 1; }
-
-mkdir -p "$bin_dir"
-
-# One build at a time per bin dir (e.g. two test sessions starting together).
-exec 9>"$bin_dir/.build.lock"
-if command -v flock >/dev/null 2>&1; then
-  flock -w 1800 9 || { log "timed out waiting for another build (lock $bin_dir/.build.lock)"; exit 1; }
-  if built; then
-    log "built by a concurrent run: $bin_dir"
-    echo "$bin_dir"
-    exit 0
-  fi
-fi
+source "$here/../lib/cached-build.sh"
+exit_if_built
+find_go
+require_pin github.com/google/go-containerregistry "$REGISTRY_VERSION" "$here/go.mod"
+take_build_lock
 
 export CGO_ENABLED=0
 export GOTOOLCHAIN=local
